@@ -1,1 +1,5 @@
-//! agentmesh-llm.
+//! OpenAI-compatible LLM client shared by every agent.
+
+mod types;
+
+pub use types::*;

@@ -1,1 +1,165 @@
-//! agentmesh-state.
+//! agentmesh storage: what gateways and agents must agree on.
+//!
+//! Two traits, each with two backends chosen by configuration:
+//! - [`Database`]: durable records (keys, conversations, documents, datasets,
+//!   usage, idempotency). Postgres in a cluster, SQLite in the embedded mode.
+//! - [`Hot`]: shared counters and caches (rate limits, budgets, key cache).
+//!   Redis in a cluster, process memory in the embedded mode.
+
+mod error;
+mod model;
+
+pub use error::StateError;
+pub use model::*;
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// Durable storage. Every method is a complete unit: it either stores all it
+/// was given or nothing (one transaction), so a failure never half-writes.
+#[async_trait]
+pub trait Database: Send + Sync + 'static {
+    /// `postgres` or `sqlite`, for logs and `/v1/models`.
+    fn backend(&self) -> &'static str;
+
+    /// Cheap round trip used by readiness checks.
+    async fn ping(&self) -> Result<()>;
+
+    // API keys. Secrets are never stored: only their SHA-256 hash.
+    async fn create_key(&self, key: NewApiKey) -> Result<ApiKey>;
+    async fn find_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>>;
+    async fn get_key(&self, id: &str) -> Result<Option<ApiKey>>;
+    async fn list_keys(&self) -> Result<Vec<ApiKey>>;
+    /// Replaces the secret of key `id`; limits, scopes and spend stay. NotFound if absent.
+    async fn rotate_key(&self, id: &str, secret_hash: &str, prefix: &str) -> Result<ApiKey>;
+    /// Marks the key revoked (idempotent). NotFound if absent.
+    async fn revoke_key(&self, id: &str) -> Result<ApiKey>;
+    /// Records that the key was used now (best effort, may be coalesced).
+    async fn touch_key(&self, id: &str) -> Result<()>;
+    /// True when at least one admin-scoped key exists (bootstrap check).
+    async fn has_admin_key(&self) -> Result<bool>;
+
+    // Conversations: messages are ordered by position, unique per position.
+    async fn load_conversation(&self, id: &str) -> Result<Option<Conversation>>;
+    /// Appends messages after the last stored one in a single transaction,
+    /// creating the conversation if needed. Concurrent appends never share a position.
+    async fn append_messages(
+        &self,
+        id: &str,
+        key_id: &str,
+        messages: &[NewMessage],
+    ) -> Result<()>;
+    /// True when something was deleted.
+    async fn delete_conversation(&self, id: &str) -> Result<bool>;
+
+    // Documents and chunks (full-text indexed).
+    /// Stores the document and its chunks, replacing any document with the same id.
+    /// Returns true when a document was replaced.
+    async fn upsert_document(&self, doc: NewDocument, chunks: Vec<NewChunk>) -> Result<bool>;
+    async fn delete_document(&self, id: &str) -> Result<bool>;
+    async fn list_documents(&self) -> Result<Vec<DocumentInfo>>;
+    /// Full-text search over chunks, best first. An empty or stop-word-only
+    /// query returns no results, not an error.
+    async fn search_chunks(&self, query: &str, top_k: usize) -> Result<Vec<ScoredChunk>>;
+
+    // Datasets: CSV tables kept apart from agentmesh's own tables.
+    /// Creates (or replaces) table `name` with these columns and rows, atomically.
+    async fn create_dataset(&self, table: &TableData) -> Result<DatasetInfo>;
+    async fn list_datasets(&self) -> Result<Vec<DatasetInfo>>;
+    async fn get_dataset(&self, name: &str) -> Result<Option<DatasetInfo>>;
+    /// Runs one statement that the caller already checked is a read-only query,
+    /// inside a read-only transaction, with a statement timeout and a row cap.
+    async fn query_dataset(
+        &self,
+        sql: &str,
+        max_rows: usize,
+        timeout: Duration,
+    ) -> Result<QueryResult>;
+
+    // Usage ledger: one row per request id (a second insert is ignored).
+    async fn record_usage(&self, usage: &UsageRecord) -> Result<()>;
+    async fn usage_summary(&self, key_id: Option<&str>) -> Result<Vec<UsageSummary>>;
+
+    // Idempotency records.
+    /// Claims `key` for `key_id`. Returns the stored response when one exists,
+    /// `Claimed` when this caller now owns it, `InProgress` when another does.
+    async fn claim_idempotency(&self, key_id: &str, key: &str) -> Result<IdempotencyClaim>;
+    async fn complete_idempotency(
+        &self,
+        key_id: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<()>;
+    /// Drops a claim whose request failed, so that a retry can run.
+    async fn release_idempotency(&self, key_id: &str, key: &str) -> Result<()>;
+}
+
+/// Shared, fast, loss-tolerant state. Every call is bounded by a short timeout
+/// in the Redis backend.
+#[async_trait]
+pub trait Hot: Send + Sync + 'static {
+    /// `redis` or `memory`.
+    fn backend(&self) -> &'static str;
+
+    async fn ping(&self) -> Result<()>;
+
+    /// Atomically checks and consumes one request and `tokens` estimated tokens
+    /// against per-minute limits of `key_id`. Nothing is consumed when denied.
+    async fn check_rate(&self, key_id: &str, limits: &RateLimits, tokens: u64)
+        -> Result<RateDecision>;
+
+    /// Adds tokens actually used after the fact (positive or negative correction).
+    async fn add_tokens(&self, key_id: &str, tokens: i64) -> Result<()>;
+
+    /// Adds spend to the key's budget counter and returns the new total.
+    async fn add_spend(&self, key_id: &str, usd: f64) -> Result<f64>;
+    /// Current spend counter, or None when this backend has no value yet.
+    async fn spend(&self, key_id: &str) -> Result<Option<f64>>;
+    /// Seeds the spend counter from the database when it is missing.
+    async fn seed_spend(&self, key_id: &str, usd: f64) -> Result<()>;
+
+    /// Key-lookup cache by secret hash, with a short TTL.
+    async fn cache_key(&self, secret_hash: &str, key: &ApiKey, ttl: Duration) -> Result<()>;
+    async fn cached_key(&self, secret_hash: &str) -> Result<Option<ApiKey>>;
+    /// Removes a key from every replica's cache (revoke, rotate).
+    async fn invalidate_key(&self, secret_hash: &str) -> Result<()>;
+}
+
+/// Both stores, shared by every service of a process.
+#[derive(Clone)]
+pub struct State {
+    pub db: Arc<dyn Database>,
+    pub hot: Arc<dyn Hot>,
+}
+
+/// Where state lives. Built from `AGENTMESH_DATABASE_URL` and `AGENTMESH_REDIS_URL`.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// `postgres://…` or `sqlite://…`.
+    pub database_url: String,
+    /// None: in-process memory.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key, so tests and tenants do not collide.
+    pub redis_prefix: String,
+}
+
+impl StateConfig {
+    /// Embedded defaults: SQLite in `data_dir`, no Redis.
+    pub fn embedded(data_dir: &std::path::Path) -> Self {
+        let path = data_dir.join("agentmesh.db");
+        Self {
+            database_url: format!("sqlite://{}?mode=rwc", path.display()),
+            redis_url: None,
+            redis_prefix: "agentmesh:".into(),
+        }
+    }
+}
+
+/// SHA-256 of an API key secret, hex encoded: the only form that is stored.
+pub fn hash_secret(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
