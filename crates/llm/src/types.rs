@@ -18,7 +18,11 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: Some(content.into()), ..Self::default() }
+        Self {
+            role: role.into(),
+            content: Some(content.into()),
+            ..Self::default()
+        }
     }
 }
 
@@ -75,7 +79,15 @@ pub struct Completion {
 pub enum LlmEvent {
     Delta(String),
     /// A piece of a tool call; pieces with the same index are one call.
-    ToolCall { index: u32, id: Option<String>, name: Option<String>, arguments: String },
+    ToolCall {
+        index: u32,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: String,
+    },
     Usage(Usage),
-    Done { finish_reason: String, model: String },
+    Done {
+        finish_reason: String,
+        model: String,
+    },
 }
