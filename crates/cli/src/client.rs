@@ -21,11 +21,17 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()?;
-        Ok(Self { http, base: args.url.trim_end_matches('/').to_string(), key })
+        Ok(Self {
+            http,
+            base: args.url.trim_end_matches('/').to_string(),
+            key,
+        })
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.key)
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -33,7 +39,8 @@ impl Client {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.send(self.request(reqwest::Method::POST, path).json(body)).await
+        self.send(self.request(reqwest::Method::POST, path).json(body))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {

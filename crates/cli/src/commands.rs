@@ -37,9 +37,13 @@ pub enum KeysCommand {
     },
     List,
     /// Give a key a new secret; id, limits and spend stay.
-    Rotate { id: String },
+    Rotate {
+        id: String,
+    },
     /// Revoke a key at once.
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -50,7 +54,9 @@ pub enum DocsCommand {
         paths: Vec<PathBuf>,
     },
     List,
-    Delete { id: String },
+    Delete {
+        id: String,
+    },
     /// Ranked passages for a query (no LLM).
     Search {
         query: String,
@@ -68,7 +74,10 @@ pub enum DataCommand {
     },
     List,
     /// Run one read-only SQL query.
-    Query { dataset: String, sql: String },
+    Query {
+        dataset: String,
+        sql: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,7 +97,14 @@ pub struct ChatArgs {
 pub async fn keys(command: KeysCommand, args: ClientArgs) -> anyhow::Result<()> {
     let client = Client::new(&args)?;
     let value = match command {
-        KeysCommand::Create { name, scopes, rpm, tpm, budget_usd, expires_at } => {
+        KeysCommand::Create {
+            name,
+            scopes,
+            rpm,
+            tpm,
+            budget_usd,
+            expires_at,
+        } => {
             let body = json!({
                 "name": name, "scopes": scopes, "rpm_limit": rpm, "tpm_limit": tpm,
                 "budget_usd": budget_usd, "expires_at": expires_at,
@@ -96,8 +112,11 @@ pub async fn keys(command: KeysCommand, args: ClientArgs) -> anyhow::Result<()> 
             client.post("/admin/keys", &body).await?
         }
         KeysCommand::List => client.get("/admin/keys").await?,
-        KeysCommand::Rotate { id } => client.post(&format!("/admin/keys/{id}/rotate"), &json!({}))
-            .await?,
+        KeysCommand::Rotate { id } => {
+            client
+                .post(&format!("/admin/keys/{id}/rotate"), &json!({}))
+                .await?
+        }
         KeysCommand::Revoke { id } => client.delete(&format!("/admin/keys/{id}")).await?,
     };
     if args.json {
@@ -117,8 +136,15 @@ fn print_keys(value: &Value) {
         let text = |f: &str| key.get(f).map(plain).unwrap_or_default();
         println!(
             "{}  {}  prefix={}  scopes={}  rpm={}  tpm={}  budget={}  expires={}  revoked={}",
-            text("id"), text("name"), text("prefix"), text("scopes"), text("rpm_limit"),
-            text("tpm_limit"), text("budget_usd"), text("expires_at"), text("revoked_at"),
+            text("id"),
+            text("name"),
+            text("prefix"),
+            text("scopes"),
+            text("rpm_limit"),
+            text("tpm_limit"),
+            text("budget_usd"),
+            text("expires_at"),
+            text("revoked_at"),
         );
         if let Some(secret) = key.get("key").and_then(Value::as_str) {
             println!("key: {secret}\n(shown once: store it now)");
@@ -148,7 +174,8 @@ pub async fn docs(command: DocsCommand, args: ClientArgs) -> anyhow::Result<()> 
             print_value(&value, args.json, &format!("deleted document {id}"))
         }
         DocsCommand::Search { query, top_k } => {
-            let value = client.post("/v1/search", &json!({"query": query, "top_k": top_k}))
+            let value = client
+                .post("/v1/search", &json!({"query": query, "top_k": top_k}))
                 .await?;
             print_search(&value, args.json)
         }
@@ -252,7 +279,9 @@ async fn load(client: &Client, paths: &[PathBuf], as_json: bool) -> anyhow::Resu
 }
 
 async fn load_file(client: &Client, path: &Path) -> anyhow::Result<Value> {
-    let csv = tokio::fs::read_to_string(path).await.context("not UTF-8 text")?;
+    let csv = tokio::fs::read_to_string(path)
+        .await
+        .context("not UTF-8 text")?;
     let body = json!({"name": file_stem(path), "csv": csv});
     client.post("/v1/datasets", &body).await
 }
@@ -317,7 +346,9 @@ async fn ask(client: &Client, args: &ChatArgs, question: &str) -> anyhow::Result
 
 /// Prints a content delta; returns Some when the stream is over.
 fn handle_sse_line(line: &str, out: &mut impl Write) -> anyhow::Result<Option<anyhow::Result<()>>> {
-    let Some(data) = line.strip_prefix("data:") else { return Ok(None) };
+    let Some(data) = line.strip_prefix("data:") else {
+        return Ok(None);
+    };
     let data = data.trim();
     if data == "[DONE]" {
         return Ok(Some(Ok(())));
@@ -326,7 +357,10 @@ fn handle_sse_line(line: &str, out: &mut impl Write) -> anyhow::Result<Option<an
     if let Some(message) = event.pointer("/error/message").and_then(Value::as_str) {
         return Ok(Some(Err(anyhow::anyhow!("{message}"))));
     }
-    if let Some(text) = event.pointer("/choices/0/delta/content").and_then(Value::as_str) {
+    if let Some(text) = event
+        .pointer("/choices/0/delta/content")
+        .and_then(Value::as_str)
+    {
         write!(out, "{text}")?;
         out.flush()?;
     }
@@ -336,8 +370,8 @@ fn handle_sse_line(line: &str, out: &mut impl Write) -> anyhow::Result<Option<an
 fn collect_files(paths: &[PathBuf], extensions: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
         if meta.is_dir() {
             walk(path, extensions, &mut files)?;
         } else {
@@ -368,11 +402,15 @@ fn walk(dir: &Path, extensions: &[&str], files: &mut Vec<PathBuf>) -> anyhow::Re
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn file_stem(path: &Path) -> String {
-    path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn progress(len: usize, what: &str) -> ProgressBar {
@@ -413,10 +451,16 @@ fn print_list(value: &Value, as_json: bool, fields: &[&str]) -> anyhow::Result<(
         println!("{}", serde_json::to_string_pretty(value)?);
         return Ok(());
     }
-    let items = value.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+    let items = value
+        .get("data")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for item in items {
-        let cells: Vec<String> =
-            fields.iter().map(|f| item.get(*f).map(short).unwrap_or_default()).collect();
+        let cells: Vec<String> = fields
+            .iter()
+            .map(|f| item.get(*f).map(short).unwrap_or_default())
+            .collect();
         println!("{}", cells.join("  "));
     }
     Ok(())
@@ -440,11 +484,21 @@ fn print_search(value: &Value, as_json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(value)?);
         return Ok(());
     }
-    let results = value.get("results").and_then(Value::as_array).cloned().unwrap_or_default();
+    let results = value
+        .get("results")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for (n, r) in results.iter().enumerate() {
         let get = |f: &str| r.get(f).map(plain).unwrap_or_default();
-        println!("{}. {} ({}) > {}  score {}", n + 1, get("title"), get("document_id"),
-            get("heading"), get("score"));
+        println!(
+            "{}. {} ({}) > {}  score {}",
+            n + 1,
+            get("title"),
+            get("document_id"),
+            get("heading"),
+            get("score")
+        );
     }
     Ok(())
 }
@@ -456,9 +510,16 @@ fn print_rows(value: &Value, as_json: bool) -> anyhow::Result<()> {
     }
     let columns = value.get("columns").map(plain).unwrap_or_default();
     println!("{}", columns.replace(',', " | "));
-    for row in value.get("rows").and_then(Value::as_array).cloned().unwrap_or_default() {
-        let cells: Vec<String> =
-            row.as_array().map(|r| r.iter().map(plain).collect()).unwrap_or_default();
+    for row in value
+        .get("rows")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
+        let cells: Vec<String> = row
+            .as_array()
+            .map(|r| r.iter().map(plain).collect())
+            .unwrap_or_default();
         println!("{}", cells.join(" | "));
     }
     if value.get("truncated").and_then(Value::as_bool) == Some(true) {
@@ -473,7 +534,10 @@ mod tests {
 
     #[test]
     fn title_from_front_matter_then_heading() {
-        assert_eq!(guess_title("---\ntitle: Secrets\n---\nbody").as_deref(), Some("Secrets"));
+        assert_eq!(
+            guess_title("---\ntitle: Secrets\n---\nbody").as_deref(),
+            Some("Secrets")
+        );
         assert_eq!(guess_title("intro\n# Pods\n").as_deref(), Some("Pods"));
         assert_eq!(guess_title("no title here"), None);
     }
@@ -484,7 +548,10 @@ mod tests {
         let delta = r#"data: {"choices":[{"delta":{"content":"hé"}}]}"#;
         assert!(handle_sse_line(delta, &mut out).unwrap().is_none());
         assert_eq!(String::from_utf8(out.clone()).unwrap(), "hé");
-        assert!(matches!(handle_sse_line("data: [DONE]", &mut out).unwrap(), Some(Ok(()))));
+        assert!(matches!(
+            handle_sse_line("data: [DONE]", &mut out).unwrap(),
+            Some(Ok(()))
+        ));
         let error = r#"data: {"error":{"message":"provider down"}}"#;
         let end = handle_sse_line(error, &mut out).unwrap();
         assert!(matches!(end, Some(Err(e)) if e.to_string() == "provider down"));

@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod probe;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -11,7 +12,11 @@ use std::path::PathBuf;
 pub use up::{start, Running, UpOptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "agentmesh", version, about = "Run and use a team of LLM agents")]
+#[command(
+    name = "agentmesh",
+    version,
+    about = "Run and use a team of LLM agents"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -21,13 +26,23 @@ pub struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// Gateway URL.
-    #[arg(long, env = "AGENTMESH_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "AGENTMESH_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub url: String,
     /// API key; defaults to the admin key saved by `agentmesh up` in the data directory.
     #[arg(long, env = "AGENTMESH_API_KEY", hide_env_values = true, global = true)]
     pub api_key: Option<String>,
     /// Data directory of a local `agentmesh up` (to find its saved admin key).
-    #[arg(long, env = "AGENTMESH_DATA_DIR", default_value = ".agentmesh", global = true)]
+    #[arg(
+        long,
+        env = "AGENTMESH_DATA_DIR",
+        default_value = ".agentmesh",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
@@ -61,6 +76,8 @@ pub enum Command {
     },
     /// Ask an agent a question and stream the answer.
     Chat(commands::ChatArgs),
+    /// Exit 0 when a service is healthy: `http://host:port/health` or `grpc://host:port`.
+    Probe { url: String },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -70,5 +87,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Docs { command, client } => commands::docs(command, client).await,
         Command::Data { command, client } => commands::data(command, client).await,
         Command::Chat(args) => commands::chat(args).await,
+        Command::Probe { url } => probe::probe(&url).await,
     }
 }

@@ -89,7 +89,10 @@ pub async fn start(options: &UpOptions) -> anyhow::Result<Running> {
     let state = State::connect(&state_config)
         .await
         .with_context(|| format!("connecting state ({})", redact(&state_config.database_url)))?;
-    step(options, &format!("state: {} + {}", state.db.backend(), state.hot.backend()));
+    step(
+        options,
+        &format!("state: {} + {}", state.db.backend(), state.hot.backend()),
+    );
 
     let (llm, llm_description, mock) = llm_client(options).await?;
     step(options, &format!("llm: {llm_description}"));
@@ -111,10 +114,20 @@ pub async fn start(options: &UpOptions) -> anyhow::Result<Running> {
         .with_context(|| format!("binding the gateway to {}", options.listen))?;
     let gateway_url = format!("http://{}", listener.local_addr()?);
     let shutdown = token.clone().cancelled_owned();
-    tasks.push(tokio::spawn(agentmesh_gateway::serve(config, state, listener, shutdown)));
+    tasks.push(tokio::spawn(agentmesh_gateway::serve(
+        config, state, listener, shutdown,
+    )));
     step(options, &format!("gateway: {gateway_url}"));
 
-    Ok(Running { gateway_url, new_admin_key, llm_description, agents, token, tasks, mock })
+    Ok(Running {
+        gateway_url,
+        new_admin_key,
+        llm_description,
+        agents,
+        token,
+        tasks,
+        mock,
+    })
 }
 
 fn state_config(options: &UpOptions) -> anyhow::Result<StateConfig> {
@@ -150,7 +163,11 @@ async fn llm_client(options: &UpOptions) -> anyhow::Result<(LlmClient, String, O
 }
 
 fn provider_urls(config: &LlmConfig) -> String {
-    let urls: Vec<&str> = config.providers.iter().map(|p| p.base_url.as_str()).collect();
+    let urls: Vec<&str> = config
+        .providers
+        .iter()
+        .map(|p| p.base_url.as_str())
+        .collect();
     urls.join(", ")
 }
 
@@ -170,7 +187,11 @@ async fn start_agents(
         data: format!("http://{}", data_listener.local_addr()?),
     };
 
-    let plain = AgentContext { state: state.clone(), llm: llm.clone(), peers: Peers::default() };
+    let plain = AgentContext {
+        state: state.clone(),
+        llm: llm.clone(),
+        peers: Peers::default(),
+    };
     let chat = AgentContext {
         peers: Peers {
             search: Some(endpoints.search.clone()),
@@ -179,9 +200,21 @@ async fn start_agents(
         ..plain.clone()
     };
     let stop = || token.clone().cancelled_owned();
-    tasks.push(tokio::spawn(agentmesh_search::serve(plain.clone(), search_listener, stop())));
-    tasks.push(tokio::spawn(agentmesh_data::serve(plain, data_listener, stop())));
-    tasks.push(tokio::spawn(agentmesh_chat::serve(chat, chat_listener, stop())));
+    tasks.push(tokio::spawn(agentmesh_search::serve(
+        plain.clone(),
+        search_listener,
+        stop(),
+    )));
+    tasks.push(tokio::spawn(agentmesh_data::serve(
+        plain,
+        data_listener,
+        stop(),
+    )));
+    tasks.push(tokio::spawn(agentmesh_chat::serve(
+        chat,
+        chat_listener,
+        stop(),
+    )));
     Ok(endpoints)
 }
 
@@ -210,17 +243,23 @@ fn print_banner(options: &UpOptions, running: &Running) {
     println!();
     println!("agentmesh is up");
     println!("  OpenAI base URL   {url}/v1");
-    println!("  agents (gRPC)     chat {}  search {}  data {}", running.agents.chat,
-        running.agents.search, running.agents.data);
+    println!(
+        "  agents (gRPC)     chat {}  search {}  data {}",
+        running.agents.chat, running.agents.search, running.agents.data
+    );
     println!("  health            {url}/health   ready {url}/ready   metrics {url}/metrics");
     match &running.new_admin_key {
         Some(key) => {
             println!("  admin key         {key}");
-            println!("                    (shown once; saved to {})",
-                options.data_dir.join("admin.key").display());
+            println!(
+                "                    (shown once; saved to {})",
+                options.data_dir.join("admin.key").display()
+            );
         }
-        None => println!("  admin key         as before (AGENTMESH_ADMIN_KEY or {})",
-            options.data_dir.join("admin.key").display()),
+        None => println!(
+            "  admin key         as before (AGENTMESH_ADMIN_KEY or {})",
+            options.data_dir.join("admin.key").display()
+        ),
     }
     println!();
     println!("try:  agentmesh docs ingest ../shared/data/k8s-docs");
@@ -235,8 +274,12 @@ fn redact(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon],
-                    &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
                 None => url.to_string(),
             }
         }

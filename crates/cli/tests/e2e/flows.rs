@@ -19,7 +19,11 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: &str, key: &str) -> Self {
-        Self { base: base.to_string(), key: key.to_string(), http: reqwest::Client::new() }
+        Self {
+            base: base.to_string(),
+            key: key.to_string(),
+            http: reqwest::Client::new(),
+        }
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -32,7 +36,10 @@ impl Api {
         let response = request.send().await.expect("send");
         let status = response.status().as_u16();
         let text = response.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn raw(&self, path: &str, content_type: &str, body: &'static [u8]) -> (u16, Value) {
@@ -52,18 +59,34 @@ impl Api {
 
 /// Asserts the OpenAI error shape and returns the message.
 pub fn error_message(body: &Value) -> String {
-    let error = body.get("error").unwrap_or_else(|| panic!("not an error body: {body}"));
-    assert!(error.get("type").and_then(Value::as_str).is_some(), "no type: {body}");
-    assert!(error.get("code").is_some() && error.get("param").is_some(), "shape: {body}");
+    let error = body
+        .get("error")
+        .unwrap_or_else(|| panic!("not an error body: {body}"));
+    assert!(
+        error.get("type").and_then(Value::as_str).is_some(),
+        "no type: {body}"
+    );
+    assert!(
+        error.get("code").is_some() && error.get("param").is_some(),
+        "shape: {body}"
+    );
     error["message"].as_str().expect("message").to_string()
 }
 
 pub fn load_corpus(api: &Api) {
     let docs = shared_data().join("k8s-docs");
-    let out = cli(&api.base, &api.key, &["docs", "ingest", docs.to_str().expect("path")]);
+    let out = cli(
+        &api.base,
+        &api.key,
+        &["docs", "ingest", docs.to_str().expect("path")],
+    );
     assert!(out.contains("60 documents stored, 0 failed"), "{out}");
     let northwind = shared_data().join("northwind");
-    let out = cli(&api.base, &api.key, &["data", "load", northwind.to_str().expect("path")]);
+    let out = cli(
+        &api.base,
+        &api.key,
+        &["data", "load", northwind.to_str().expect("path")],
+    );
     assert!(out.contains("13 datasets stored, 0 failed"), "{out}");
 }
 
@@ -71,19 +94,34 @@ pub async fn search_ranks_memory_pages_first(api: &Api) {
     let body = json!({"query": "my pod was killed because it ran out of memory", "top_k": 5});
     let (status, found) = api.call("POST", "/v1/search", Some(body)).await;
     assert_eq!(status, 200, "{found}");
-    let first = found["results"][0]["document_id"].as_str().expect("a result");
-    assert!(MEMORY_PAGES.contains(&first), "first result {first}: {found}");
+    let first = found["results"][0]["document_id"]
+        .as_str()
+        .expect("a result");
+    assert!(
+        MEMORY_PAGES.contains(&first),
+        "first result {first}: {found}"
+    );
     for field in ["document_id", "title", "source", "heading", "text", "score"] {
-        assert!(found["results"][0].get(field).is_some(), "no {field}: {found}");
+        assert!(
+            found["results"][0].get(field).is_some(),
+            "no {field}: {found}"
+        );
     }
 
     let question = json!({"model": "search",
         "messages": [{"role": "user", "content": "Why was my container OOMKilled?"}]});
-    let (status, answer) = api.call("POST", "/v1/chat/completions", Some(question)).await;
+    let (status, answer) = api
+        .call("POST", "/v1/chat/completions", Some(question))
+        .await;
     assert_eq!(status, 200, "{answer}");
-    let text = answer["choices"][0]["message"]["content"].as_str().expect("content");
+    let text = answer["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
     assert!(text.contains("Sources:"), "{text}");
-    assert!(MEMORY_PAGES.iter().any(|p| text.contains(p)), "cites no memory page: {text}");
+    assert!(
+        MEMORY_PAGES.iter().any(|p| text.contains(p)),
+        "cites no memory page: {text}"
+    );
 }
 
 pub async fn data_queries_are_exact_and_read_only(api: &Api, backend: &str) {
@@ -95,9 +133,11 @@ pub async fn data_queries_are_exact_and_read_only(api: &Api, backend: &str) {
     assert_eq!(result["row_count"], 1);
     assert_eq!(result["truncated"], false);
 
-    for bad in ["DELETE FROM order_details", "SELECT 1; SELECT 2",
-        "WITH x AS (DELETE FROM order_details RETURNING *) SELECT * FROM x"]
-    {
+    for bad in [
+        "DELETE FROM order_details",
+        "SELECT 1; SELECT 2",
+        "WITH x AS (DELETE FROM order_details RETURNING *) SELECT * FROM x",
+    ] {
         let (status, body) = api.call("POST", path, Some(json!({"sql": bad}))).await;
         assert_eq!(status, 400, "{bad}: {body}");
         error_message(&body);
@@ -107,9 +147,13 @@ pub async fn data_queries_are_exact_and_read_only(api: &Api, backend: &str) {
     assert_eq!(rows["rows"][0][0], 2155, "rows changed: {rows}");
 
     let question = json!({"model": "data", "messages": [{"role": "user", "content": sql}]});
-    let (status, answer) = api.call("POST", "/v1/chat/completions", Some(question)).await;
+    let (status, answer) = api
+        .call("POST", "/v1/chat/completions", Some(question))
+        .await;
     assert_eq!(status, 200, "{answer}");
-    let text = answer["choices"][0]["message"]["content"].as_str().expect("content");
+    let text = answer["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
     assert!(text.contains("1265793.04"), "{text}");
 }
 
@@ -129,7 +173,9 @@ pub async fn chat_remembers_and_streams(api: &Api) {
         let (status, answer) = api.call("POST", "/v1/chat/completions", Some(body)).await;
         assert_eq!(status, 200, "{answer}");
     }
-    let (status, conversation) = api.call("GET", &format!("/v1/conversations/{id}"), None).await;
+    let (status, conversation) = api
+        .call("GET", &format!("/v1/conversations/{id}"), None)
+        .await;
     assert_eq!(status, 200, "{conversation}");
     let messages = conversation["messages"].as_array().expect("messages");
     assert_eq!(messages.len(), 4, "{conversation}");
@@ -147,14 +193,21 @@ pub async fn chat_remembers_and_streams(api: &Api) {
         .await
         .expect("send");
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap_or("").starts_with("text/event-stream"));
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("text/event-stream"));
     let text = response.text().await.expect("body");
     assert!(text.contains("chat.completion.chunk"), "{text}");
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 
-    let (status, _) = api.call("DELETE", &format!("/v1/conversations/{id}"), None).await;
+    let (status, _) = api
+        .call("DELETE", &format!("/v1/conversations/{id}"), None)
+        .await;
     assert_eq!(status, 200);
-    let (status, body) = api.call("GET", &format!("/v1/conversations/{id}"), None).await;
+    let (status, body) = api
+        .call("GET", &format!("/v1/conversations/{id}"), None)
+        .await;
     assert_eq!(status, 404, "{body}");
 }
 
@@ -168,16 +221,31 @@ pub async fn bad_input_gets_clear_errors(api: &Api) {
         (json!({"model": "chat"}), 400, "messages"),
         (json!({"model": "chat", "messages": []}), 400, "messages"),
         (json!({"model": "chat", "messages": "hi"}), 400, "messages"),
-        (json!({"model": 7, "messages": [{"role": "user", "content": "x"}]}), 400, "model"),
-        (json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}), 404, "model"),
-        (json!({"model": "chat", "messages": [{"role": "wizard", "content": "x"}]}), 400, "role"),
+        (
+            json!({"model": 7, "messages": [{"role": "user", "content": "x"}]}),
+            400,
+            "model",
+        ),
+        (
+            json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+            404,
+            "model",
+        ),
+        (
+            json!({"model": "chat", "messages": [{"role": "wizard", "content": "x"}]}),
+            400,
+            "role",
+        ),
     ];
     for (body, want, mentions) in cases {
         let (status, answer) = api.call("POST", chat, Some(body.clone())).await;
         assert_eq!(status, want, "{body}: {answer}");
         let message = error_message(&answer);
         let param = answer["error"]["param"].as_str().unwrap_or("");
-        assert!(message.contains(mentions) || param.contains(mentions), "{body}: {answer}");
+        assert!(
+            message.contains(mentions) || param.contains(mentions),
+            "{body}: {answer}"
+        );
     }
 
     let empty = json!({"name": "empty_table", "csv": ""});
@@ -188,8 +256,13 @@ pub async fn bad_input_gets_clear_errors(api: &Api) {
     assert_eq!(status, 400, "{body}");
     assert!(error_message(&body).contains('3'), "no line number: {body}");
     let (_, list) = api.call("GET", "/v1/datasets", None).await;
-    assert!(!list.to_string().contains("ragged_table"), "half-stored: {list}");
-    let (status, body) = api.raw("/v1/datasets", "text/csv", b"\x00\x01\x02\xff").await;
+    assert!(
+        !list.to_string().contains("ragged_table"),
+        "half-stored: {list}"
+    );
+    let (status, body) = api
+        .raw("/v1/datasets", "text/csv", b"\x00\x01\x02\xff")
+        .await;
     assert!((400..500).contains(&status), "{status} {body}");
 
     let anonymous = Api::new(&api.base, "");
@@ -198,9 +271,14 @@ pub async fn bad_input_gets_clear_errors(api: &Api) {
     let stranger = Api::new(&api.base, "am-unknown-key");
     let (status, body) = stranger.call("GET", "/v1/models", None).await;
     assert_eq!(status, 401, "{body}");
-    assert!(error_message(&body).to_lowercase().contains("unknown"), "{body}");
+    assert!(
+        error_message(&body).to_lowercase().contains("unknown"),
+        "{body}"
+    );
 
-    let health = reqwest::get(format!("{}/health", api.base)).await.expect("health");
+    let health = reqwest::get(format!("{}/health", api.base))
+        .await
+        .expect("health");
     assert_eq!(health.status(), 200, "the gateway stopped serving");
 }
 

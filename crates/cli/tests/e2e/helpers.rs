@@ -109,6 +109,9 @@ pub fn python() -> String {
         .args(["-c", "import openai"])
         .output()
         .is_ok_and(|o| o.status.success());
-    assert!(ok, "{python} cannot import openai: run the tests with `cargo xtask test`");
+    assert!(
+        ok,
+        "{python} cannot import openai: run the tests with `cargo xtask test`"
+    );
     python
 }

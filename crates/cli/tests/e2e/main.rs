@@ -31,7 +31,10 @@ async fn embedded_mode_in_one_process() {
         quiet: true,
     };
     let running = agentmesh_cli::start(&options).await.expect("start");
-    let key = running.new_admin_key.clone().expect("a first start creates an admin key");
+    let key = running
+        .new_admin_key
+        .clone()
+        .expect("a first start creates an admin key");
     let saved = std::fs::read_to_string(dir.path().join("admin.key")).expect("saved key");
     assert_eq!(saved.trim(), key);
 
