@@ -1,6 +1,7 @@
 //! The `agentmesh` command: `up` runs the whole system in one process; the
 //! other commands are HTTP clients of a running gateway.
 
+mod batch;
 mod client;
 mod commands;
 mod probe;
@@ -76,6 +77,11 @@ pub enum Command {
     },
     /// Ask an agent a question and stream the answer.
     Chat(commands::ChatArgs),
+    /// Run many agent tasks from a JSONL file (OpenAI batch format).
+    Batch {
+        #[command(subcommand)]
+        command: batch::BatchCommand,
+    },
     /// Exit 0 when a service is healthy: `http://host:port/health` or `grpc://host:port`.
     Probe { url: String },
 }
@@ -87,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Docs { command, client } => commands::docs(command, client).await,
         Command::Data { command, client } => commands::data(command, client).await,
         Command::Chat(args) => commands::chat(args).await,
+        Command::Batch { command } => batch::batch(command).await,
         Command::Probe { url } => probe::probe(&url).await,
     }
 }
