@@ -1,0 +1,185 @@
+//! HTTP routes of the mock: chat completions (whole or streamed), model list, health.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::answer::{frames, split_inside_char, whole, Answer, Frames};
+use crate::config::{MockConfig, Rule};
+use crate::plan::{pick, Prompt};
+
+/// Pause between the two halves of a split character, so they leave in separate writes.
+const SPLIT_PAUSE: Duration = Duration::from_millis(15);
+
+pub(crate) struct Shared {
+    pub config: MockConfig,
+    used: Vec<AtomicU32>,
+    pub requests: Mutex<Vec<Value>>,
+    in_flight: AtomicUsize,
+    pub in_flight_max: AtomicUsize,
+    seq: AtomicU64,
+    /// Flips to true on shutdown; hanging answers wait for it.
+    stopping: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn new(config: MockConfig, stopping: watch::Receiver<bool>) -> Shared {
+        let used = config.rules.iter().map(|_| AtomicU32::new(0)).collect();
+        Shared {
+            config,
+            used,
+            requests: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            in_flight_max: AtomicUsize::new(0),
+            seq: AtomicU64::new(0),
+            stopping,
+        }
+    }
+
+    async fn stopped(&self) {
+        let mut stopping = self.stopping.clone();
+        let _ = stopping.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Counts a request as in flight until dropped (for streams: until the body ends).
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn new(shared: &Arc<Shared>) -> InFlight {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.in_flight_max.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(shared)
+}
+
+async fn models(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let model = json!({"id": shared.config.model, "object": "model", "created": 0,
+                       "owned_by": "agentmesh-mock"});
+    Json(json!({"object": "list", "data": [model]}))
+}
+
+async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let guard = InFlight::new(&shared);
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return error(400, &format!("body is not valid JSON: {e}"), None),
+    };
+    if let Ok(mut requests) = shared.requests.lock() {
+        requests.push(body.clone());
+    }
+    let prompt = match Prompt::parse(&body, &shared.config.model) {
+        Ok(prompt) => prompt,
+        Err(message) => return error(400, &message, None),
+    };
+    let request_no = shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
+    let rule = pick(&shared.config, &shared.used, &prompt).cloned();
+    tracing::debug!(request_no, model = %prompt.model, stream = prompt.stream, "mock request");
+    respond(guard, &prompt, rule.unwrap_or_default(), request_no).await
+}
+
+async fn respond(guard: InFlight, prompt: &Prompt, rule: Rule, request_no: u64) -> Response {
+    if let Some(status) = rule.status {
+        let message = rule
+            .message
+            .clone()
+            .unwrap_or_else(|| format!("mock fault {status}"));
+        let retry_after = rule.retry_after.as_ref().map(ToString::to_string);
+        return error(status, &message, retry_after.as_deref());
+    }
+    if rule.hang {
+        guard.0.stopped().await;
+        return error(503, "the mock is shutting down", None);
+    }
+    let answer = Answer::new(&rule, prompt, request_no);
+    let delay = rule
+        .delay_ms
+        .map_or(guard.0.config.chunk_delay, Duration::from_millis);
+    if !prompt.stream {
+        tokio::time::sleep(delay).await;
+        return Json(whole(prompt, &answer, request_no)).into_response();
+    }
+    let frames = frames(prompt, &answer, request_no);
+    let body = Body::from_stream(sse_body(guard, frames, rule, delay));
+    let content_type = HeaderValue::from_static("text/event-stream");
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+fn sse_body(
+    guard: InFlight,
+    frames: Frames,
+    rule: Rule,
+    delay: Duration,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    async_stream::stream! {
+        let Frames { opening, content, closing } = frames;
+        let cut = rule.cut_after_chunks.unwrap_or(usize::MAX);
+        let stall = rule.hang_after_chunks.unwrap_or(usize::MAX);
+        yield Ok(Bytes::from(opening));
+        for (i, frame) in content.into_iter().enumerate() {
+            if i >= cut {
+                return;
+            }
+            if i >= stall {
+                guard.0.stopped().await;
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            if rule.split_utf8 {
+                if let Some((a, b)) = split_inside_char(frame.as_bytes()) {
+                    yield Ok(Bytes::copy_from_slice(a));
+                    tokio::time::sleep(SPLIT_PAUSE).await;
+                    yield Ok(Bytes::copy_from_slice(b));
+                    continue;
+                }
+            }
+            yield Ok(Bytes::from(frame));
+        }
+        for frame in closing {
+            yield Ok(Bytes::from(frame));
+        }
+        drop(guard);
+    }
+}
+
+/// An OpenAI-shaped error answer.
+fn error(status: u16, message: &str, retry_after: Option<&str>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    let body = json!({"error": {"message": message, "type": kind, "code": status.as_u16(),
+                                "param": null}});
+    let mut response = (status, Json(body)).into_response();
+    if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(v).ok()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
