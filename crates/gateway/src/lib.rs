@@ -1,1 +1,55 @@
-//! agentmesh-gateway.
+//! agentmesh-gateway: the OpenAI-compatible HTTP front of agentmesh.
+//!
+//! Checks API keys, rate limits and budgets, then routes each request over gRPC to
+//! the chat, search or data agent. Every error, including axum's own rejections,
+//! answers in the OpenAI shape `{"error": {"message", "type", "code", "param"}}`.
+
+mod agents;
+mod app;
+mod auth;
+mod body;
+mod chat;
+mod config;
+mod error;
+mod keys;
+mod limits;
+mod metrics;
+mod openapi;
+mod routes;
+
+pub use config::{AgentEndpoints, GatewayConfig};
+pub use error::ApiError;
+pub use keys::{bootstrap_admin_key, generate_key};
+
+use agentmesh_state::State;
+use std::future::Future;
+
+/// The gateway's routes over `state`, calling the agents of `config`.
+pub fn router(config: GatewayConfig, state: State) -> anyhow::Result<axum::Router> {
+    let app = app::AppState::new(config, state)?;
+    Ok(app::build(app))
+}
+
+/// Serves until `shutdown` resolves; then `/ready` turns 503, no new connection is
+/// accepted and in-flight requests (streams included) run to their end.
+pub async fn serve(
+    config: GatewayConfig,
+    state: State,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = app::AppState::new(config, state)?;
+    let router = app::build(app.clone());
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "gateway listening");
+    let draining = async move {
+        shutdown.await;
+        app.start_draining();
+        tracing::info!("gateway draining");
+    };
+    axum::serve(listener, router)
+        .with_graceful_shutdown(draining)
+        .await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! Gateway settings: agent endpoints, the bootstrap admin key, limits and timeouts.
+
+use std::fmt;
+use std::time::Duration;
+
+/// gRPC endpoints of the three agents, as URLs like `http://127.0.0.1:50051`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentEndpoints {
+    pub chat: String,
+    pub search: String,
+    pub data: String,
+}
+
+impl Default for AgentEndpoints {
+    fn default() -> Self {
+        Self {
+            chat: "http://127.0.0.1:50051".into(),
+            search: "http://127.0.0.1:50052".into(),
+            data: "http://127.0.0.1:50053".into(),
+        }
+    }
+}
+
+/// Everything the gateway needs besides its state.
+#[derive(Clone, PartialEq)]
+pub struct GatewayConfig {
+    pub agents: AgentEndpoints,
+    /// Secret of the bootstrap admin key (`AGENTMESH_ADMIN_KEY`); never printed.
+    pub admin_key: Option<String>,
+    /// Longest a request may take; `x-agentmesh-timeout-ms` may only shorten it.
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    /// Period of the SSE `: keep-alive` comment.
+    pub keepalive: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            agents: AgentEndpoints::default(),
+            admin_key: None,
+            request_timeout: Duration::from_secs(120),
+            max_body_bytes: 10 * 1024 * 1024,
+            keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+impl fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("agents", &self.agents)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "<redacted>"))
+            .field("request_timeout", &self.request_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("keepalive", &self.keepalive)
+            .finish()
+    }
+}
+
+impl GatewayConfig {
+    /// Reads `AGENTMESH_CHAT_URL`, `AGENTMESH_SEARCH_URL`, `AGENTMESH_DATA_URL`,
+    /// `AGENTMESH_ADMIN_KEY`; everything else keeps its default.
+    pub fn from_env() -> anyhow::Result<GatewayConfig> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<GatewayConfig> {
+        let mut config = GatewayConfig::default();
+        let value = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+
+        if let Some(url) = value("AGENTMESH_CHAT_URL") {
+            config.agents.chat = url;
+        }
+        if let Some(url) = value("AGENTMESH_SEARCH_URL") {
+            config.agents.search = url;
+        }
+        if let Some(url) = value("AGENTMESH_DATA_URL") {
+            config.agents.data = url;
+        }
+        config.admin_key = value("AGENTMESH_ADMIN_KEY");
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value, with a message naming the setting.
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        for (name, url) in [
+            ("AGENTMESH_CHAT_URL", &self.agents.chat),
+            ("AGENTMESH_SEARCH_URL", &self.agents.search),
+            ("AGENTMESH_DATA_URL", &self.agents.data),
+        ] {
+            let valid = url.starts_with("http://") || url.starts_with("https://");
+            if !valid || url.parse::<http::Uri>().is_err() {
+                anyhow::bail!("{name} must be an http:// or https:// URL, got {url:?}");
+            }
+        }
+        if self.request_timeout.is_zero() {
+            anyhow::bail!("request timeout must be greater than zero");
+        }
+        if self.keepalive.is_zero() {
+            anyhow::bail!("SSE keep-alive period must be greater than zero");
+        }
+        if self.max_body_bytes == 0 {
+            anyhow::bail!("maximum body size must be greater than zero");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_agents_and_admin_key() {
+        let config = GatewayConfig::from_lookup(|name| match name {
+            "AGENTMESH_CHAT_URL" => Some("http://chat:50051".into()),
+            "AGENTMESH_ADMIN_KEY" => Some("am-secret".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.agents.chat, "http://chat:50051");
+        assert_eq!(config.agents.search, "http://127.0.0.1:50052");
+        assert_eq!(config.admin_key.as_deref(), Some("am-secret"));
+        assert!(!format!("{config:?}").contains("am-secret"));
+    }
+
+    #[test]
+    fn bad_url_names_the_variable() {
+        let error = GatewayConfig::from_lookup(|name| {
+            (name == "AGENTMESH_DATA_URL").then(|| "data:50053".to_string())
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("AGENTMESH_DATA_URL"));
+    }
+}

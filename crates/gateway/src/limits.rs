@@ -1,0 +1,262 @@
+//! Rate limits and budgets before a request, token and spend accounting after it.
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use agentmesh_state::{ApiKey, RateDecision, RateLimits, UsageRecord};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use std::time::Instant;
+
+/// The outcome of admission: rate headers to add to the answer.
+#[derive(Debug, Default)]
+pub struct Admission {
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Checks the key's budget, then its per-minute limits (consuming one request and
+/// `estimated_tokens`). A hot-store failure lets the request through: limits are
+/// loss-tolerant, availability is not.
+pub async fn admit(
+    app: &AppState,
+    key: &ApiKey,
+    estimated_tokens: u64,
+) -> Result<Admission, ApiError> {
+    check_budget(app, key).await?;
+    let limits = RateLimits {
+        rpm: key.rpm_limit,
+        tpm: key.tpm_limit,
+    };
+    if limits.rpm.is_none() && limits.tpm.is_none() {
+        return Ok(Admission::default());
+    }
+    let decision = match app
+        .state
+        .hot
+        .check_rate(&key.id, &limits, estimated_tokens)
+        .await
+    {
+        Ok(decision) => decision,
+        Err(error) => {
+            tracing::warn!(key_id = %key.id, %error, "rate check failed, allowing");
+            return Ok(Admission::default());
+        }
+    };
+    let headers = rate_headers(&limits, &decision);
+    if decision.allowed {
+        return Ok(Admission { headers });
+    }
+    let which = decision.limited_by.unwrap_or("requests");
+    let limit = match which {
+        "tokens" => limits.tpm.map(|t| format!("{t} tokens")),
+        _ => limits.rpm.map(|r| format!("{r} requests")),
+    };
+    let mut error = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "rate limit of {} per minute exceeded for API key {}; retry in {} s",
+            limit.unwrap_or_else(|| which.to_string()),
+            key.prefix,
+            decision.reset_secs.max(1)
+        ),
+    )
+    .with_code("rate_limit_exceeded");
+    error.retry_after = Some(decision.reset_secs.max(1));
+    error.headers = headers;
+    Err(error)
+}
+
+async fn check_budget(app: &AppState, key: &ApiKey) -> Result<(), ApiError> {
+    let Some(budget) = key.budget_usd else {
+        return Ok(());
+    };
+    let spent = match app.state.hot.spend(&key.id).await {
+        Ok(Some(spent)) => spent.max(key.spent_usd),
+        Ok(None) => {
+            if let Err(error) = app.state.hot.seed_spend(&key.id, key.spent_usd).await {
+                tracing::debug!(key_id = %key.id, %error, "seed spend failed");
+            }
+            key.spent_usd
+        }
+        Err(error) => {
+            tracing::warn!(key_id = %key.id, %error, "spend lookup failed");
+            key.spent_usd
+        }
+    };
+    if spent < budget {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "API key {} has spent ${spent:.4} of its ${budget:.4} budget",
+            key.prefix
+        ),
+    )
+    .with_code("budget_exceeded"))
+}
+
+/// `x-ratelimit-*` headers in the OpenAI format (`reset` as a duration like `12s`).
+fn rate_headers(limits: &RateLimits, decision: &RateDecision) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = Vec::new();
+    let reset = HeaderValue::from_str(&format!("{}s", decision.reset_secs)).ok();
+    let mut push = |name: &'static str, value: Option<HeaderValue>| {
+        if let Some(value) = value {
+            headers.push((HeaderName::from_static(name), value));
+        }
+    };
+    if let Some(rpm) = limits.rpm {
+        push("x-ratelimit-limit-requests", Some(HeaderValue::from(rpm)));
+        push(
+            "x-ratelimit-remaining-requests",
+            decision.remaining_requests.map(HeaderValue::from),
+        );
+        push("x-ratelimit-reset-requests", reset.clone());
+    }
+    if let Some(tpm) = limits.tpm {
+        push("x-ratelimit-limit-tokens", Some(HeaderValue::from(tpm)));
+        push(
+            "x-ratelimit-remaining-tokens",
+            decision.remaining_tokens.map(HeaderValue::from),
+        );
+        push("x-ratelimit-reset-tokens", reset);
+    }
+    headers
+}
+
+/// Accounting of one agent request: written exactly once, when the answer is complete
+/// or, if the client goes away first, when this value is dropped (status 499).
+pub struct Settlement {
+    app: AppState,
+    record: Option<UsageRecord>,
+    estimated_tokens: u64,
+    started: Instant,
+    limited: bool,
+    budgeted: bool,
+}
+
+impl Settlement {
+    pub fn new(
+        app: &AppState,
+        request_id: &str,
+        key: &ApiKey,
+        agent: &str,
+        estimated: u64,
+    ) -> Self {
+        let record = UsageRecord {
+            request_id: request_id.to_string(),
+            key_id: key.id.clone(),
+            agent: agent.to_string(),
+            model: String::new(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_usd: 0.0,
+            latency_ms: 0,
+            status: 499,
+            created_at: chrono::Utc::now(),
+        };
+        Self {
+            app: app.clone(),
+            record: Some(record),
+            estimated_tokens: estimated,
+            started: Instant::now(),
+            limited: key.tpm_limit.is_some(),
+            budgeted: key.budget_usd.is_some(),
+        }
+    }
+
+    /// Adds usage reported by the agent (several reports add up).
+    pub fn add_usage(&mut self, prompt: u32, completion: u32, cost: f64) {
+        if let Some(record) = self.record.as_mut() {
+            record.prompt_tokens = record.prompt_tokens.saturating_add(prompt);
+            record.completion_tokens = record.completion_tokens.saturating_add(completion);
+            record.cost_usd += cost;
+        }
+    }
+
+    pub fn set_model(&mut self, model: &str) {
+        if let Some(record) = self.record.as_mut() {
+            record.model = model.to_string();
+        }
+    }
+
+    /// Records the request with the HTTP status the client saw.
+    pub fn finish(mut self, status: u16) {
+        self.write(status);
+    }
+
+    fn write(&mut self, status: u16) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        record.status = status;
+        record.latency_ms = u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        let app = self.app.clone();
+        let correction = if self.limited {
+            let used = u64::from(record.prompt_tokens) + u64::from(record.completion_tokens);
+            Some(
+                i64::try_from(used).unwrap_or(i64::MAX)
+                    - i64::try_from(self.estimated_tokens).unwrap_or(i64::MAX),
+            )
+        } else {
+            None
+        };
+        let budgeted = self.budgeted;
+        tokio::spawn(async move { settle(app, record, correction, budgeted).await });
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        if self.record.is_some() && tokio::runtime::Handle::try_current().is_ok() {
+            self.write(499);
+        }
+    }
+}
+
+async fn settle(app: AppState, record: UsageRecord, correction: Option<i64>, budgeted: bool) {
+    let hot = &app.state.hot;
+    if let Some(tokens) = correction.filter(|t| *t != 0) {
+        if let Err(error) = hot.add_tokens(&record.key_id, tokens).await {
+            tracing::debug!(key_id = %record.key_id, %error, "token correction failed");
+        }
+    }
+    if budgeted && record.cost_usd > 0.0 {
+        if let Err(error) = hot.add_spend(&record.key_id, record.cost_usd).await {
+            tracing::warn!(key_id = %record.key_id, %error, "spend update failed");
+        }
+    }
+    if let Err(error) = app.state.db.record_usage(&record).await {
+        app.metrics.usage_write_failed();
+        tracing::warn!(request_id = %record.request_id, %error, "usage not recorded");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_follow_openai_names() {
+        let limits = RateLimits {
+            rpm: Some(10),
+            tpm: Some(1000),
+        };
+        let decision = RateDecision {
+            allowed: false,
+            remaining_requests: Some(0),
+            remaining_tokens: Some(500),
+            reset_secs: 12,
+            limited_by: Some("requests"),
+        };
+        let headers = rate_headers(&limits, &decision);
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(get("x-ratelimit-limit-requests").as_deref(), Some("10"));
+        assert_eq!(get("x-ratelimit-remaining-requests").as_deref(), Some("0"));
+        assert_eq!(get("x-ratelimit-reset-requests").as_deref(), Some("12s"));
+        assert_eq!(get("x-ratelimit-remaining-tokens").as_deref(), Some("500"));
+    }
+}

@@ -1,0 +1,329 @@
+//! `POST /v1/chat/completions` and `POST /agent/{agent}/chat`.
+
+use super::path_param;
+use crate::agents::{error_from_status, AgentName};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::body::JsonObject;
+use crate::chat::answer::{self, Answer, ChunkBuilder, Sse};
+use crate::chat::validate::{self, ChatCall};
+use crate::error::ApiError;
+use crate::limits::{self, Settlement};
+use agentmesh_proto::v1::ChatEvent;
+use agentmesh_state::{IdempotencyClaim, StoredResponse};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::Streaming;
+
+/// How long the gateway keeps reading an agent's stream after its final event.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+pub async fn openai(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let call = validate::parse(&body, None)?;
+    run(app, caller, &headers, call).await
+}
+
+pub async fn by_path(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let name = path_param(path)?;
+    let agent = AgentName::parse(&name).ok_or_else(|| {
+        ApiError::not_found(format!("unknown agent `{name}`: use chat, search or data"))
+            .with_code("agent_not_found")
+    })?;
+    let call = validate::parse(&body, Some(agent))?;
+    run(app, caller, &headers, call).await
+}
+
+async fn run(
+    app: AppState,
+    caller: Caller,
+    headers: &HeaderMap,
+    call: ChatCall,
+) -> Result<Response, ApiError> {
+    tracing::Span::current().record("agent", call.agent.as_str());
+    caller.require_agent(call.agent)?;
+
+    let mut claim = None;
+    if let Some(key) = idempotency_key(headers)?.filter(|_| !call.stream) {
+        match app.state.db.claim_idempotency(&caller.key.id, &key).await? {
+            IdempotencyClaim::Done(stored) => return Ok(replay(stored)),
+            IdempotencyClaim::InProgress => return Err(in_progress(&key)),
+            IdempotencyClaim::Claimed => claim = Some(Claim::new(&app, &caller.key.id, key)),
+        }
+    }
+
+    let admission = limits::admit(&app, &caller.key, call.estimated_tokens).await?;
+    let mut response = if call.stream {
+        stream(&app, &caller, call).await?
+    } else {
+        let body = complete(&app, &caller, call).await?.to_string();
+        if let Some(claim) = claim.take() {
+            claim.complete(&body).await;
+        }
+        json_response(body)
+    };
+    for (name, value) in admission.headers {
+        response.headers_mut().insert(name, value);
+    }
+    Ok(response)
+}
+
+/// Opens the agent's stream and waits for its first event, so that an early failure
+/// is still answered with a proper HTTP status.
+async fn open(
+    app: &AppState,
+    caller: &Caller,
+    call: &ChatCall,
+    deadline: Instant,
+) -> Result<(ChatEvent, Streaming<ChatEvent>), ApiError> {
+    let agent = call.agent.as_str();
+    let request = caller.call().request(call.request.clone());
+    let mut client = app.agents.agent(call.agent);
+    let opened = tokio::time::timeout_at(deadline, client.chat(request)).await;
+    let mut events = match opened {
+        Err(_) => return Err(answer::timeout_error(agent)),
+        Ok(Err(status)) => return Err(error_from_status(agent, &status)),
+        Ok(Ok(response)) => response.into_inner(),
+    };
+    match tokio::time::timeout_at(deadline, events.next()).await {
+        Err(_) => Err(answer::timeout_error(agent)),
+        Ok(None) => Err(answer::no_final(agent)),
+        Ok(Some(Err(status))) => Err(error_from_status(agent, &status)),
+        Ok(Some(Ok(first))) => Ok((first, events)),
+    }
+}
+
+async fn complete(
+    app: &AppState,
+    caller: &Caller,
+    call: ChatCall,
+) -> Result<serde_json::Value, ApiError> {
+    let agent = call.agent.as_str();
+    let deadline = Instant::now() + caller.timeout;
+    let answer = Answer::new(&call.model, agent);
+    let mut settlement = Settlement::new(
+        app,
+        &caller.request_id,
+        &caller.key,
+        agent,
+        call.estimated_tokens,
+    );
+
+    let collected = match open(app, caller, &call, deadline).await {
+        Ok((first, rest)) => {
+            let events = futures::stream::once(async { Ok(first) }).chain(rest);
+            answer::collect(Box::pin(events), deadline, &mut settlement, &answer).await
+        }
+        Err(error) => Err(error),
+    };
+    match collected {
+        Ok(collected) => {
+            settlement.finish(200);
+            Ok(collected.into_completion(&answer))
+        }
+        Err(error) => {
+            app.metrics.agent_error(agent, error.status.as_u16());
+            settlement.finish(error.status.as_u16());
+            Err(error)
+        }
+    }
+}
+
+async fn stream(app: &AppState, caller: &Caller, call: ChatCall) -> Result<Response, ApiError> {
+    let agent = call.agent.as_str();
+    let deadline = Instant::now() + caller.timeout;
+    let settlement = Settlement::new(
+        app,
+        &caller.request_id,
+        &caller.key,
+        agent,
+        call.estimated_tokens,
+    );
+    let (first, rest) = match open(app, caller, &call, deadline).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            app.metrics.agent_error(agent, error.status.as_u16());
+            settlement.finish(error.status.as_u16());
+            return Err(error);
+        }
+    };
+    let builder = ChunkBuilder::new(Answer::new(&call.model, agent), call.include_usage);
+    let events = sse_events(app.clone(), builder, settlement, first, rest, deadline);
+
+    let keep_alive = KeepAlive::new()
+        .interval(app.config.keepalive)
+        .text("keep-alive");
+    let mut response = axum::response::Sse::new(events)
+        .keep_alive(keep_alive)
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// The SSE body. Dropping it (client gone) drops the gRPC stream, which cancels the
+/// agent's work, and the settlement, which records the request with status 499.
+fn sse_events(
+    app: AppState,
+    mut builder: ChunkBuilder,
+    mut settlement: Settlement,
+    first: ChatEvent,
+    mut rest: Streaming<ChatEvent>,
+    deadline: Instant,
+) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+    let agent = builder.agent().to_string();
+    async_stream::stream! {
+        yield Ok(sse(builder.opening()));
+        let mut next = Some(first);
+        loop {
+            let event = match next.take() {
+                Some(event) => event,
+                None => match tokio::time::timeout_at(deadline, rest.next()).await {
+                    Ok(Some(Ok(event))) => event,
+                    failure => {
+                        let error = stream_failure(failure, &agent);
+                        app.metrics.agent_error(&agent, error.status.as_u16());
+                        settlement.finish(error.status.as_u16());
+                        yield Ok(Event::default().data(error.body().to_string()));
+                        return;
+                    }
+                },
+            };
+            let (out, done) = builder.on_event(event, &mut settlement);
+            for item in out {
+                yield Ok(sse(item));
+            }
+            if done {
+                settlement.finish(200);
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, rest.count()).await;
+                return;
+            }
+        }
+    }
+}
+
+type Next = Result<Option<Result<ChatEvent, tonic::Status>>, tokio::time::error::Elapsed>;
+
+fn stream_failure(failure: Next, agent: &str) -> ApiError {
+    match failure {
+        Err(_) => answer::timeout_error(agent),
+        Ok(Some(Err(status))) => error_from_status(agent, &status),
+        Ok(_) => answer::no_final(agent),
+    }
+}
+
+fn sse(item: Sse) -> Event {
+    match item {
+        Sse::Json(value) => Event::default().data(value.to_string()),
+        Sse::Done => Event::default().data("[DONE]"),
+    }
+}
+
+fn json_response(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().map(str::trim).unwrap_or("");
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            Some("Idempotency-Key"),
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+fn replay(stored: StoredResponse) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let mut response = (status, stored.body).into_response();
+    let headers = response.headers_mut();
+    if let Ok(content_type) = HeaderValue::from_str(&stored.content_type) {
+        headers.insert(header::CONTENT_TYPE, content_type);
+    }
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+fn in_progress(key: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!("a request with Idempotency-Key {key:?} is still in progress; retry later"),
+    )
+    .with_code("idempotency_in_progress")
+}
+
+/// An idempotency claim, released if the request does not complete (error, client gone).
+struct Claim {
+    app: AppState,
+    key_id: String,
+    key: String,
+    done: bool,
+}
+
+impl Claim {
+    fn new(app: &AppState, key_id: &str, key: String) -> Self {
+        Self {
+            app: app.clone(),
+            key_id: key_id.to_string(),
+            key,
+            done: false,
+        }
+    }
+
+    async fn complete(mut self, body: &str) {
+        let stored = StoredResponse {
+            status: 200,
+            content_type: "application/json".into(),
+            body: body.to_string(),
+        };
+        let db = &self.app.state.db;
+        match db
+            .complete_idempotency(&self.key_id, &self.key, &stored)
+            .await
+        {
+            Ok(()) => self.done = true,
+            Err(error) => tracing::warn!(%error, "idempotency record not stored"),
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.done || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let db = self.app.state.db.clone();
+        let (key_id, key) = (
+            std::mem::take(&mut self.key_id),
+            std::mem::take(&mut self.key),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = db.release_idempotency(&key_id, &key).await {
+                tracing::warn!(%error, "idempotency claim not released");
+            }
+        });
+    }
+}
