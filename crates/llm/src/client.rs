@@ -143,7 +143,13 @@ impl LlmClient {
                 Err(err) => err,
             };
             let step = next_step(&err);
-            tracing::debug!(provider = %provider.name, attempt = n, kind = err.kind(), error = %err, "llm attempt failed");
+            tracing::debug!(
+                provider = %provider.name,
+                attempt = n,
+                kind = err.kind(),
+                error = %err,
+                "llm attempt failed"
+            );
             if step != Next::Retry || n == max {
                 return Err((err, step));
             }
@@ -151,7 +157,8 @@ impl LlmClient {
             if remaining(call.deadline).is_none_or(|left| left <= wait) {
                 return Err((err, Next::Fallback));
             }
-            tracing::debug!(provider = %provider.name, wait_ms = wait.as_millis() as u64, "llm retry");
+            let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            tracing::debug!(provider = %provider.name, wait_ms, "llm retry");
             tokio::time::sleep(wait).await;
         }
         Err((self.total_timeout(&provider.name), Next::Fallback))

@@ -220,7 +220,8 @@ mod tests {
     }
 
     fn content(text: &str) -> String {
-        let chunk = serde_json::json!({"model": "m1", "choices": [{"index": 0, "delta": {"content": text}}]});
+        let choice = serde_json::json!({"index": 0, "delta": {"content": text}});
+        let chunk = serde_json::json!({"model": "m1", "choices": [choice]});
         format!("data: {chunk}\n\n")
     }
 
@@ -274,19 +275,25 @@ mod tests {
 
     #[test]
     fn tool_call_deltas_keep_index_and_first_id_name() {
-        let body = concat!(
-            r#"data: {"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"search_documents","arguments":""}}]}}]}"#,
-            "\n\n",
-            r#"data: {"choices":[{"delta":{"tool_calls":[{"index":1,"id":"call_b","type":"function","function":{"name":"query_data","arguments":"{\"sql\":"}}]}}]}"#,
-            "\n\n",
-            r#"data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"query\":\"pods\"}"}}]}}]}"#,
-            "\n\n",
-            r#"data: {"choices":[{"delta":{"tool_calls":[{"index":1,"function":{"arguments":"\"select 1\"}"}}]}}]}"#,
-            "\n\n",
-            r#"data: {"choices":[{"delta":{},"finish_reason":"tool_calls"}]}"#,
-            "\n\n",
-            "data: [DONE]\n\n",
-        );
+        let delta = |call: serde_json::Value| {
+            let chunk = serde_json::json!({"choices": [{"delta": {"tool_calls": [call]}}]});
+            format!("data: {chunk}\n\n")
+        };
+        let first = |index, id, name, args| {
+            serde_json::json!({"index": index, "id": id, "type": "function",
+                               "function": {"name": name, "arguments": args}})
+        };
+        let more =
+            |index, args| serde_json::json!({"index": index, "function": {"arguments": args}});
+        let body = [
+            delta(first(0, "call_a", "search_documents", "")),
+            delta(first(1, "call_b", "query_data", "{\"sql\":")),
+            delta(more(0, "{\"query\":\"pods\"}")),
+            delta(more(1, "\"select 1\"}")),
+            "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n".into(),
+            "data: [DONE]\n\n".into(),
+        ]
+        .concat();
         let events = decode(&[body.as_bytes()]).unwrap();
         let call = |index, id: Option<&str>, name: Option<&str>, args: &str| LlmEvent::ToolCall {
             index,
@@ -316,10 +323,8 @@ mod tests {
 
     #[test]
     fn usage_chunk_is_priced_and_comes_before_done() {
-        let body = format!(
-            "{}{FINISH}data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":1000,\"completion_tokens\":500}}}}\n\ndata: [DONE]\n\n",
-            content("ok")
-        );
+        let usage = r#"{"choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":500}}"#;
+        let body = format!("{}{FINISH}data: {usage}\n\ndata: [DONE]\n\n", content("ok"));
         let events = decode(&[body.as_bytes()]).unwrap();
         let LlmEvent::Usage(usage) = &events[1] else {
             panic!("no usage: {events:?}")

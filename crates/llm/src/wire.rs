@@ -39,8 +39,11 @@ pub(crate) fn request_body(req: &CompletionRequest, model: &str, stream: bool) -
             .tools
             .iter()
             .map(|t| {
-                let function =
-                    json!({"name": t.name, "description": t.description, "parameters": t.parameters});
+                let function = json!({
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.parameters,
+                });
                 json!({"type": "function", "function": function})
             })
             .collect();

@@ -92,6 +92,13 @@ impl MockLlm {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Chat completions requests open right now (a stream counts until its body ends).
+    pub fn in_flight(&self) -> usize {
+        self.shared
+            .in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Stops accepting, ends hanging answers, waits briefly for open streams, then cuts them.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);

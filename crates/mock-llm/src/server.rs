@@ -26,7 +26,7 @@ pub(crate) struct Shared {
     pub config: MockConfig,
     used: Vec<AtomicU32>,
     pub requests: Mutex<Vec<Value>>,
-    in_flight: AtomicUsize,
+    pub in_flight: AtomicUsize,
     pub in_flight_max: AtomicUsize,
     seq: AtomicU64,
     /// Flips to true on shutdown; hanging answers wait for it.
