@@ -5,7 +5,10 @@
 pub enum StateError {
     /// The backend cannot be reached or timed out: callers answer 503.
     #[error("{backend} unavailable: {message}")]
-    Unavailable { backend: &'static str, message: String },
+    Unavailable {
+        backend: &'static str,
+        message: String,
+    },
     #[error("not found: {0}")]
     NotFound(String),
     #[error("conflict: {0}")]

@@ -7,14 +7,27 @@
 //!   Redis in a cluster, process memory in the embedded mode.
 
 mod error;
+mod fts;
+mod hot;
 mod model;
+mod pg;
+mod sqlerr;
+mod sqlite;
+pub mod testing;
+mod values;
 
 pub use error::StateError;
+pub use hot::memory::MemoryHot;
+pub use hot::redis::{RedisHot, DEFAULT_REDIS_TIMEOUT};
 pub use model::*;
 
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// An idempotency claim still `in_progress` after this many seconds is
+/// presumed abandoned (its process died) and may be claimed again.
+pub(crate) const STALE_CLAIM_SECS: i64 = 600;
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
@@ -46,12 +59,7 @@ pub trait Database: Send + Sync + 'static {
     async fn load_conversation(&self, id: &str) -> Result<Option<Conversation>>;
     /// Appends messages after the last stored one in a single transaction,
     /// creating the conversation if needed. Concurrent appends never share a position.
-    async fn append_messages(
-        &self,
-        id: &str,
-        key_id: &str,
-        messages: &[NewMessage],
-    ) -> Result<()>;
+    async fn append_messages(&self, id: &str, key_id: &str, messages: &[NewMessage]) -> Result<()>;
     /// True when something was deleted.
     async fn delete_conversation(&self, id: &str) -> Result<bool>;
 
@@ -108,8 +116,12 @@ pub trait Hot: Send + Sync + 'static {
 
     /// Atomically checks and consumes one request and `tokens` estimated tokens
     /// against per-minute limits of `key_id`. Nothing is consumed when denied.
-    async fn check_rate(&self, key_id: &str, limits: &RateLimits, tokens: u64)
-        -> Result<RateDecision>;
+    async fn check_rate(
+        &self,
+        key_id: &str,
+        limits: &RateLimits,
+        tokens: u64,
+    ) -> Result<RateDecision>;
 
     /// Adds tokens actually used after the fact (positive or negative correction).
     async fn add_tokens(&self, key_id: &str, tokens: i64) -> Result<()>;
@@ -126,6 +138,12 @@ pub trait Hot: Send + Sync + 'static {
     async fn cached_key(&self, secret_hash: &str) -> Result<Option<ApiKey>>;
     /// Removes a key from every replica's cache (revoke, rotate).
     async fn invalidate_key(&self, secret_hash: &str) -> Result<()>;
+
+    /// True while a shared backend is unreachable and calls are served from
+    /// this process's memory instead (for metrics and logs).
+    fn degraded(&self) -> bool {
+        false
+    }
 }
 
 /// Both stores, shared by every service of a process.
@@ -133,6 +151,45 @@ pub trait Hot: Send + Sync + 'static {
 pub struct State {
     pub db: Arc<dyn Database>,
     pub hot: Arc<dyn Hot>,
+}
+
+impl State {
+    /// Opens the database named by `cfg.database_url` (running migrations)
+    /// and Redis when `cfg.redis_url` is set, else process memory.
+    pub async fn connect(cfg: &StateConfig) -> Result<State> {
+        Self::connect_with(cfg, DEFAULT_REDIS_TIMEOUT).await
+    }
+
+    /// [`State::connect`] with a chosen bound on each Redis call.
+    pub async fn connect_with(cfg: &StateConfig, redis_timeout: Duration) -> Result<State> {
+        let url = cfg.database_url.as_str();
+        let db: Arc<dyn Database> =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                Arc::new(pg::PgDatabase::connect(url).await?)
+            } else if url.starts_with("sqlite:") {
+                Arc::new(sqlite::SqliteDatabase::connect(url).await?)
+            } else {
+                let scheme = url.split(':').next().unwrap_or_default();
+                return Err(StateError::Invalid(format!(
+                    "unsupported database url scheme {scheme:?}: \
+                 use postgres://, postgresql:// or sqlite://"
+                )));
+            };
+        let hot: Arc<dyn Hot> = match &cfg.redis_url {
+            Some(redis_url) => Arc::new(RedisHot::connect(
+                redis_url,
+                &cfg.redis_prefix,
+                redis_timeout,
+            )?),
+            None => Arc::new(MemoryHot::new()),
+        };
+        tracing::info!(
+            database = db.backend(),
+            hot = hot.backend(),
+            "state connected"
+        );
+        Ok(State { db, hot })
+    }
 }
 
 /// Where state lives. Built from `AGENTMESH_DATABASE_URL` and `AGENTMESH_REDIS_URL`.

@@ -1,0 +1,108 @@
+//! Documents and full-text search over their chunks (tsvector + GIN, ts_rank_cd).
+
+use super::{PgDatabase, BACKEND};
+use crate::sqlerr::map;
+use crate::{fts, DocumentInfo, NewChunk, NewDocument, Result, ScoredChunk};
+use sqlx::Row;
+
+impl PgDatabase {
+    pub(super) async fn upsert_doc(&self, doc: NewDocument, chunks: Vec<NewChunk>) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(map(BACKEND))?;
+        let replaced = sqlx::query("DELETE FROM documents WHERE id = $1")
+            .bind(&doc.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map(BACKEND))?
+            .rows_affected()
+            > 0;
+        sqlx::query("INSERT INTO documents (id, title, source, metadata) VALUES ($1, $2, $3, $4)")
+            .bind(&doc.id)
+            .bind(&doc.title)
+            .bind(&doc.source)
+            .bind(sqlx::types::Json(&doc.metadata))
+            .execute(&mut *tx)
+            .await
+            .map_err(map(BACKEND))?;
+
+        let numbered: Vec<(i32, &NewChunk)> = (0..).zip(chunks.iter()).collect();
+        for batch in numbered.chunks(1_000) {
+            let mut builder = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                "INSERT INTO chunks (document_id, ordinal, heading, text) ",
+            );
+            builder.push_values(batch, |mut b, (ordinal, chunk)| {
+                b.push_bind(&doc.id)
+                    .push_bind(*ordinal)
+                    .push_bind(&chunk.heading)
+                    .push_bind(&chunk.text);
+            });
+            builder
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(map(BACKEND))?;
+        }
+        tx.commit().await.map_err(map(BACKEND))?;
+        Ok(replaced)
+    }
+
+    pub(super) async fn list_docs(&self) -> Result<Vec<DocumentInfo>> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.title, d.source, d.metadata, d.created_at, \
+             (SELECT COUNT(*) FROM chunks c WHERE c.document_id = d.id) AS chunks \
+             FROM documents d ORDER BY d.created_at, d.id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map(BACKEND))?;
+        rows.iter()
+            .map(|r| {
+                let chunks: i64 = r.try_get("chunks")?;
+                let metadata: sqlx::types::Json<serde_json::Value> = r.try_get("metadata")?;
+                Ok(DocumentInfo {
+                    id: r.try_get("id")?,
+                    title: r.try_get("title")?,
+                    source: r.try_get("source")?,
+                    chunks: u32::try_from(chunks).unwrap_or(u32::MAX),
+                    metadata: metadata.0,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(map(BACKEND))
+    }
+
+    /// Chunks matching any of the query's words, ranked by cover density.
+    pub(super) async fn search(&self, query: &str, top_k: usize) -> Result<Vec<ScoredChunk>> {
+        let Some(tsquery) = fts::pg_tsquery(query) else {
+            return Ok(Vec::new());
+        };
+        if top_k == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT c.document_id, d.title, d.source, c.heading, c.text, \
+             ts_rank_cd(c.tsv, q)::float8 AS score \
+             FROM chunks c JOIN documents d ON d.id = c.document_id, \
+             to_tsquery('english', $1) AS q \
+             WHERE c.tsv @@ q ORDER BY score DESC, c.id LIMIT $2",
+        )
+        .bind(tsquery)
+        .bind(i64::try_from(top_k).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map(BACKEND))?;
+        rows.iter()
+            .map(|r| {
+                Ok(ScoredChunk {
+                    document_id: r.try_get("document_id")?,
+                    title: r.try_get("title")?,
+                    source: r.try_get("source")?,
+                    heading: r.try_get("heading")?,
+                    text: r.try_get("text")?,
+                    score: r.try_get("score")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(map(BACKEND))
+    }
+}

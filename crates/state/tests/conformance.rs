@@ -1,0 +1,976 @@
+//! One conformance suite for every storage backend: each behaviour is a
+//! function over a [`State`], run against SQLite + memory and against
+//! Postgres + Redis (a fresh database and key prefix per test).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use agentmesh_state::testing::{self, TestDb};
+use agentmesh_state::{
+    hash_secret, ColumnInfo, ColumnType, Hot, IdempotencyClaim, MemoryHot, NewApiKey, NewChunk,
+    NewDocument, NewMessage, RateLimits, RedisHot, State, StateConfig, StateError, StoredResponse,
+    TableData, UsageRecord,
+};
+use chrono::Utc;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// A connected state plus what must be cleaned up after the test.
+struct Env {
+    state: State,
+    _dir: Option<tempfile::TempDir>,
+    db: Option<TestDb>,
+    prefix: Option<String>,
+}
+
+impl Env {
+    async fn sqlite() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StateConfig::embedded(&dir.path().join("nested"));
+        let state = State::connect(&cfg).await.unwrap();
+        Env {
+            state,
+            _dir: Some(dir),
+            db: None,
+            prefix: None,
+        }
+    }
+
+    async fn postgres() -> Env {
+        let db = testing::fresh_postgres().await.unwrap();
+        let cfg = db.state_config();
+        let state = State::connect(&cfg).await.unwrap();
+        Env {
+            state,
+            _dir: None,
+            db: Some(db),
+            prefix: Some(cfg.redis_prefix),
+        }
+    }
+
+    async fn finish(self) {
+        drop(self.state);
+        if let Some(db) = self.db {
+            db.cleanup().await.unwrap();
+        }
+        if let Some(prefix) = self.prefix {
+            testing::cleanup_redis(&prefix).await;
+        }
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let env = super::Env::sqlite().await;
+                    super::$name(&env.state).await;
+                    env.finish().await;
+                }
+            )*
+        }
+        mod postgres_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let env = super::Env::postgres().await;
+                    super::$name(&env.state).await;
+                    env.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    keys_lifecycle,
+    conversation_ordering,
+    concurrent_appends,
+    documents_and_search,
+    datasets_create_replace_query,
+    datasets_guards,
+    northwind_revenue,
+    usage_ledger,
+    idempotency,
+    rate_limit_requests,
+    rate_limit_tokens,
+    rate_limit_concurrent,
+    spend_counter,
+    key_cache,
+);
+
+fn new_key(id: &str, secret: &str, scopes: &[&str]) -> NewApiKey {
+    NewApiKey {
+        id: id.into(),
+        name: format!("{id} name"),
+        prefix: secret[..6].into(),
+        secret_hash: hash_secret(secret),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        rpm_limit: Some(10),
+        tpm_limit: None,
+        budget_usd: Some(2.5),
+        expires_at: None,
+    }
+}
+
+async fn keys_lifecycle(state: &State) {
+    let db = &state.db;
+    assert!(!db.has_admin_key().await.unwrap());
+    let admin = db
+        .create_key(new_key("k1", "am-secret-one", &["admin"]))
+        .await
+        .unwrap();
+    db.create_key(new_key("k2", "am-secret-two", &["chat"]))
+        .await
+        .unwrap();
+    assert!(db.has_admin_key().await.unwrap());
+    assert_eq!(admin.scopes, vec!["admin"]);
+    assert_eq!(admin.rpm_limit, Some(10));
+    assert_eq!(admin.spent_usd, 0.0);
+
+    let found = db
+        .find_key_by_hash(&hash_secret("am-secret-one"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found, admin);
+    assert_eq!(
+        db.get_key("k2").await.unwrap().unwrap().scopes,
+        vec!["chat"]
+    );
+    assert_eq!(db.list_keys().await.unwrap().len(), 2);
+    assert!(db.get_key("nope").await.unwrap().is_none());
+
+    let dup = db.create_key(new_key("k3", "am-secret-one", &[])).await;
+    assert!(matches!(dup, Err(StateError::Conflict(_))), "{dup:?}");
+
+    let rotated = db
+        .rotate_key("k1", &hash_secret("am-new-secret"), "am-new")
+        .await
+        .unwrap();
+    assert_eq!(
+        (rotated.id.as_str(), rotated.prefix.as_str()),
+        ("k1", "am-new")
+    );
+    assert_eq!(
+        (rotated.rpm_limit, rotated.budget_usd),
+        (Some(10), Some(2.5))
+    );
+    assert!(db
+        .find_key_by_hash(&hash_secret("am-secret-one"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(db
+        .find_key_by_hash(&hash_secret("am-new-secret"))
+        .await
+        .unwrap()
+        .is_some());
+    let missing = db.rotate_key("nope", "h", "p").await;
+    assert!(
+        matches!(missing, Err(StateError::NotFound(_))),
+        "{missing:?}"
+    );
+
+    let revoked = db.revoke_key("k1").await.unwrap();
+    let when = revoked.revoked_at.unwrap();
+    assert_eq!(db.revoke_key("k1").await.unwrap().revoked_at, Some(when));
+    assert!(!db.has_admin_key().await.unwrap());
+    assert!(matches!(
+        db.revoke_key("nope").await,
+        Err(StateError::NotFound(_))
+    ));
+
+    assert!(db
+        .get_key("k2")
+        .await
+        .unwrap()
+        .unwrap()
+        .last_used_at
+        .is_none());
+    db.touch_key("k2").await.unwrap();
+    assert!(db
+        .get_key("k2")
+        .await
+        .unwrap()
+        .unwrap()
+        .last_used_at
+        .is_some());
+}
+
+fn msg(role: &str, content: &str) -> NewMessage {
+    NewMessage {
+        role: role.into(),
+        content: content.into(),
+    }
+}
+
+async fn conversation_ordering(state: &State) {
+    let db = &state.db;
+    assert!(db.load_conversation("c1").await.unwrap().is_none());
+    db.append_messages("c1", "k1", &[msg("user", "hi"), msg("assistant", "hello")])
+        .await
+        .unwrap();
+    db.append_messages("c1", "k1", &[msg("user", "again")])
+        .await
+        .unwrap();
+    db.append_messages("c1", "k1", &[]).await.unwrap();
+
+    let conv = db.load_conversation("c1").await.unwrap().unwrap();
+    assert_eq!(conv.key_id, "k1");
+    let got: Vec<(i64, &str)> = conv
+        .messages
+        .iter()
+        .map(|m| (m.position, m.content.as_str()))
+        .collect();
+    assert_eq!(got, vec![(0, "hi"), (1, "hello"), (2, "again")]);
+
+    assert!(db.delete_conversation("c1").await.unwrap());
+    assert!(!db.delete_conversation("c1").await.unwrap());
+    assert!(db.load_conversation("c1").await.unwrap().is_none());
+}
+
+async fn concurrent_appends(state: &State) {
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let db = state.db.clone();
+            tokio::spawn(async move {
+                let batch = [
+                    msg("user", &format!("q{i}")),
+                    msg("assistant", &format!("a{i}")),
+                ];
+                db.append_messages("busy", "k1", &batch).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let conv = state.db.load_conversation("busy").await.unwrap().unwrap();
+    let positions: Vec<i64> = conv.messages.iter().map(|m| m.position).collect();
+    assert_eq!(positions, (0..40).collect::<Vec<i64>>());
+    // Each append's two messages stay adjacent.
+    for pair in conv.messages.chunks(2) {
+        assert_eq!(pair[0].content[1..], pair[1].content[1..], "{pair:?}");
+    }
+}
+
+fn doc(id: &str, title: &str) -> NewDocument {
+    NewDocument {
+        id: id.into(),
+        title: title.into(),
+        source: format!("{id}.md"),
+        metadata: json!({"lang": "en"}),
+    }
+}
+
+fn chunk(heading: &str, text: &str) -> NewChunk {
+    NewChunk {
+        heading: heading.into(),
+        text: text.into(),
+    }
+}
+
+async fn documents_and_search(state: &State) {
+    let db = &state.db;
+    let pods = vec![
+        chunk(
+            "Pods",
+            "A Pod is the smallest deployable unit of computing in Kubernetes.",
+        ),
+        chunk(
+            "Pods > Lifecycle",
+            "Pods follow a defined lifecycle, starting in the Pending phase \
+               and moving through Running when containers start.",
+        ),
+    ];
+    let services = vec![chunk(
+        "Services",
+        "A Service exposes an application running on a set \
+               of Pods as a network service with a stable virtual IP address.",
+    )];
+    assert!(!db.upsert_document(doc("pods", "Pods"), pods).await.unwrap());
+    assert!(!db
+        .upsert_document(doc("svc", "Services"), services)
+        .await
+        .unwrap());
+
+    let hits = db
+        .search_chunks("What phases does a pod lifecycle go through?", 5)
+        .await
+        .unwrap();
+    assert!(!hits.is_empty());
+    assert_eq!(hits[0].heading, "Pods > Lifecycle", "{hits:?}");
+    assert_eq!(
+        (hits[0].title.as_str(), hits[0].source.as_str()),
+        ("Pods", "pods.md")
+    );
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    let ip = db
+        .search_chunks("how do I get a stable virtual IP address?", 5)
+        .await
+        .unwrap();
+    assert_eq!(ip[0].document_id, "svc", "{ip:?}");
+
+    for weird in [
+        r#""foo" AND (bar* OR -baz):"#,
+        "NEAR(a b) ^ '\" ; --",
+        "*",
+        "pod\"s OR",
+    ] {
+        db.search_chunks(weird, 5).await.unwrap();
+    }
+    assert!(db.search_chunks("what is the", 5).await.unwrap().is_empty());
+    assert!(db.search_chunks("   ", 5).await.unwrap().is_empty());
+
+    let replacement = vec![chunk("Pods", "Replaced text about sidecar containers.")];
+    assert!(db
+        .upsert_document(doc("pods", "Pods v2"), replacement)
+        .await
+        .unwrap());
+    assert!(db
+        .search_chunks("lifecycle pending", 5)
+        .await
+        .unwrap()
+        .is_empty());
+    let side = db.search_chunks("sidecar", 5).await.unwrap();
+    assert_eq!((side.len(), side[0].title.as_str()), (1, "Pods v2"));
+
+    let docs = db.list_documents().await.unwrap();
+    let counts: Vec<(&str, u32)> = docs.iter().map(|d| (d.id.as_str(), d.chunks)).collect();
+    assert_eq!(counts.len(), 2);
+    assert!(
+        counts.contains(&("pods", 1)) && counts.contains(&("svc", 1)),
+        "{counts:?}"
+    );
+    assert_eq!(docs[0].metadata, json!({"lang": "en"}));
+
+    assert!(db.delete_document("pods").await.unwrap());
+    assert!(!db.delete_document("pods").await.unwrap());
+    assert!(db.search_chunks("sidecar", 5).await.unwrap().is_empty());
+}
+
+fn table(name: &str, columns: &[(&str, ColumnType)], rows: &[&[Option<&str>]]) -> TableData {
+    TableData {
+        name: name.into(),
+        columns: columns
+            .iter()
+            .map(|(n, k)| ColumnInfo {
+                name: n.to_string(),
+                kind: *k,
+            })
+            .collect(),
+        rows: rows
+            .iter()
+            .map(|r| r.iter().map(|v| v.map(str::to_owned)).collect())
+            .collect(),
+    }
+}
+
+const SLOW_SQL: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                        WHERE x < 1000000000) SELECT count(*) FROM c";
+
+async fn datasets_create_replace_query(state: &State) {
+    let db = &state.db;
+    let cols = [
+        ("id", ColumnType::Integer),
+        ("price", ColumnType::Real),
+        ("name", ColumnType::Text),
+    ];
+    let rows: &[&[Option<&str>]] = &[
+        &[Some("1"), Some("2.5"), Some("apple")],
+        &[Some("2"), None, Some("pear")],
+        &[Some("3"), Some("4"), None],
+    ];
+    let info = db
+        .create_dataset(&table("fruit", &cols, rows))
+        .await
+        .unwrap();
+    assert_eq!((info.name.as_str(), info.row_count), ("fruit", 3));
+    assert_eq!(
+        db.get_dataset("fruit").await.unwrap().unwrap().columns,
+        info.columns
+    );
+    assert!(db.get_dataset("nope").await.unwrap().is_none());
+
+    let all = db
+        .query_dataset(
+            "SELECT id, price, name FROM fruit ORDER BY id",
+            10,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.columns, vec!["id", "price", "name"]);
+    assert_eq!(
+        all.rows,
+        vec![
+            vec![json!(1), json!(2.5), json!("apple")],
+            vec![json!(2), json!(null), json!("pear")],
+            vec![json!(3), json!(4.0), json!(null)],
+        ]
+    );
+    assert!(!all.truncated);
+
+    let capped = db
+        .query_dataset("SELECT * FROM fruit", 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((capped.rows.len(), capped.truncated), (2, true));
+    let exact = db
+        .query_dataset("SELECT * FROM fruit", 3, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((exact.rows.len(), exact.truncated), (3, false));
+    let empty = db
+        .query_dataset(
+            "SELECT name FROM fruit WHERE id > 99",
+            5,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (empty.columns, empty.rows.len()),
+        (vec!["name".to_string()], 0)
+    );
+
+    let new_cols = [("kind", ColumnType::Text)];
+    let replaced = db
+        .create_dataset(&table("fruit", &new_cols, &[&[Some("berry")]]))
+        .await
+        .unwrap();
+    assert_eq!(replaced.row_count, 1);
+    let after = db
+        .query_dataset("SELECT * FROM fruit", 10, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.columns, after.rows),
+        (vec!["kind".to_string()], vec![vec![json!("berry")]])
+    );
+    assert_eq!(db.list_datasets().await.unwrap().len(), 1);
+
+    let bad = db
+        .create_dataset(&table("n", &[("x", ColumnType::Integer)], &[&[Some("x1")]]))
+        .await;
+    assert!(matches!(bad, Err(StateError::Invalid(_))), "{bad:?}");
+    let bad_name = db
+        .create_dataset(&table("Robert'); --", &new_cols, &[]))
+        .await;
+    assert!(
+        matches!(bad_name, Err(StateError::Invalid(_))),
+        "{bad_name:?}"
+    );
+}
+
+async fn datasets_guards(state: &State) {
+    let db = &state.db;
+    let cols = [("id", ColumnType::Integer)];
+    db.create_dataset(&table("t", &cols, &[&[Some("1")]]))
+        .await
+        .unwrap();
+    db.create_key(new_key("k1", "am-secret-one", &["admin"]))
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(5);
+
+    let started = Instant::now();
+    let slow = db
+        .query_dataset(SLOW_SQL, 10, Duration::from_millis(300))
+        .await;
+    assert!(matches!(slow, Err(StateError::Timeout(_))), "{slow:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // The connection is usable again after an interrupted query.
+    db.query_dataset("SELECT id FROM t", 10, timeout)
+        .await
+        .unwrap();
+
+    for sql in [
+        "DELETE FROM t",
+        "WITH x AS (SELECT 1) DELETE FROM t",
+        "SELECT nope FROM t",
+        "SELECT * FROM api_keys",
+        "SELECT * FROM public.api_keys",
+        "SELECT * FROM main.api_keys",
+        "SELEC 1",
+    ] {
+        let err = db.query_dataset(sql, 10, timeout).await;
+        match err {
+            Err(StateError::Invalid(message)) => assert!(!message.is_empty()),
+            other => panic!("{sql}: expected Invalid, got {other:?}"),
+        }
+    }
+    let still = db
+        .query_dataset("SELECT count(*) AS n FROM t", 10, timeout)
+        .await
+        .unwrap();
+    assert_eq!(still.rows, vec![vec![json!(1)]]);
+}
+
+/// Loads a Northwind CSV with the simple type inference the data agent uses.
+fn northwind(name: &str) -> TableData {
+    let path = format!(
+        "{}/../../../shared/data/northwind/{name}.csv",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let headers: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let rows: Vec<Vec<Option<String>>> = reader
+        .records()
+        .map(|r| {
+            r.unwrap()
+                .iter()
+                .map(|v| (!v.is_empty()).then(|| v.to_owned()))
+                .collect()
+        })
+        .collect();
+    let kind = |i: usize| {
+        let values = rows.iter().filter_map(|r| r[i].as_deref());
+        if values.clone().all(|v| v.parse::<i64>().is_ok()) {
+            ColumnType::Integer
+        } else if values.clone().all(|v| v.parse::<f64>().is_ok()) {
+            ColumnType::Real
+        } else {
+            ColumnType::Text
+        }
+    };
+    let columns = (0..headers.len())
+        .map(|i| ColumnInfo {
+            name: headers[i].clone(),
+            kind: kind(i),
+        })
+        .collect();
+    TableData {
+        name: name.into(),
+        columns,
+        rows,
+    }
+}
+
+async fn northwind_revenue(state: &State) {
+    let db = &state.db;
+    let started = Instant::now();
+    let info = db
+        .create_dataset(&northwind("order_details"))
+        .await
+        .unwrap();
+    assert_eq!(info.row_count, 2155);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "load took {:?}",
+        started.elapsed()
+    );
+
+    let sql = match db.backend() {
+        "postgres" => {
+            "SELECT round(sum(unit_price*quantity*(1-discount))::numeric, 2) \
+                       FROM order_details"
+        }
+        _ => "SELECT round(sum(unit_price*quantity*(1-discount)), 2) FROM order_details",
+    };
+    let out = db
+        .query_dataset(sql, 10, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(out.rows, vec![vec![json!(1265793.04)]]);
+
+    let many = db
+        .query_dataset("SELECT * FROM order_details", 100, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((many.rows.len(), many.truncated), (100, true));
+    assert_eq!(many.columns.len(), 5);
+
+    if db.backend() == "postgres" {
+        let sql = "SELECT true AS b, NULL::int AS n, 2::int4 AS i, 1.5::float4 AS f, \
+                   DATE '2024-01-02' AS d, 'x'::varchar AS s, 10.50::numeric(6,2) AS m";
+        let out = db
+            .query_dataset(sql, 1, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let expected = vec![
+            json!(true),
+            json!(null),
+            json!(2),
+            json!(1.5),
+            json!("2024-01-02"),
+            json!("x"),
+            json!(10.5),
+        ];
+        assert_eq!(out.rows, vec![expected]);
+    }
+}
+
+fn usage(request_id: &str, key_id: &str, cost: f64) -> UsageRecord {
+    UsageRecord {
+        request_id: request_id.into(),
+        key_id: key_id.into(),
+        agent: "chat".into(),
+        model: "m".into(),
+        prompt_tokens: 10,
+        completion_tokens: 5,
+        cost_usd: cost,
+        latency_ms: 12,
+        status: 200,
+        created_at: Utc::now(),
+    }
+}
+
+async fn usage_ledger(state: &State) {
+    let db = &state.db;
+    db.create_key(new_key("k1", "am-secret-one", &[]))
+        .await
+        .unwrap();
+    db.record_usage(&usage("r1", "k1", 0.25)).await.unwrap();
+    db.record_usage(&usage("r1", "k1", 0.25)).await.unwrap();
+    db.record_usage(&usage("r2", "k1", 0.5)).await.unwrap();
+    db.record_usage(&usage("r3", "k2", 1.0)).await.unwrap();
+
+    let mine = db.usage_summary(Some("k1")).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].day, Utc::now().format("%Y-%m-%d").to_string());
+    assert_eq!(
+        (
+            mine[0].requests,
+            mine[0].prompt_tokens,
+            mine[0].completion_tokens
+        ),
+        (2, 20, 10)
+    );
+    assert!((mine[0].cost_usd - 0.75).abs() < 1e-9);
+    assert_eq!(db.usage_summary(None).await.unwrap().len(), 2);
+    let spent = db.get_key("k1").await.unwrap().unwrap().spent_usd;
+    assert!((spent - 0.75).abs() < 1e-9, "{spent}");
+}
+
+async fn idempotency(state: &State) {
+    let db = &state.db;
+    assert_eq!(
+        db.claim_idempotency("k1", "idem").await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    assert_eq!(
+        db.claim_idempotency("k1", "idem").await.unwrap(),
+        IdempotencyClaim::InProgress
+    );
+    // Same key string, other API key: independent.
+    assert_eq!(
+        db.claim_idempotency("k2", "idem").await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+
+    db.release_idempotency("k1", "idem").await.unwrap();
+    assert_eq!(
+        db.claim_idempotency("k1", "idem").await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    let response = StoredResponse {
+        status: 200,
+        content_type: "application/json".into(),
+        body: r#"{"ok":true}"#.into(),
+    };
+    db.complete_idempotency("k1", "idem", &response)
+        .await
+        .unwrap();
+    // A completed record is not dropped by a late release.
+    db.release_idempotency("k1", "idem").await.unwrap();
+    assert_eq!(
+        db.claim_idempotency("k1", "idem").await.unwrap(),
+        IdempotencyClaim::Done(response)
+    );
+}
+
+async fn rate_limit_requests(state: &State) {
+    rate_requests(state.hot.as_ref()).await;
+}
+
+async fn rate_requests(hot: &dyn Hot) {
+    let limits = RateLimits {
+        rpm: Some(3),
+        tpm: None,
+    };
+    for left in [2, 1, 0] {
+        let d = hot.check_rate("rk", &limits, 0).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.remaining_requests, Some(left));
+        assert!((1..=60).contains(&d.reset_secs), "{d:?}");
+    }
+    let denied = hot.check_rate("rk", &limits, 0).await.unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(
+        (denied.limited_by, denied.remaining_requests),
+        (Some("requests"), Some(0))
+    );
+    // Another key has its own window; a key without limits is never counted.
+    assert!(hot.check_rate("rk2", &limits, 0).await.unwrap().allowed);
+    let free = hot
+        .check_rate("rk", &RateLimits::default(), 0)
+        .await
+        .unwrap();
+    assert!(free.allowed);
+}
+
+async fn rate_limit_tokens(state: &State) {
+    let hot = &state.hot;
+    let limits = RateLimits {
+        rpm: Some(10),
+        tpm: Some(100),
+    };
+    let first = hot.check_rate("tk", &limits, 60).await.unwrap();
+    assert_eq!((first.allowed, first.remaining_tokens), (true, Some(40)));
+    let denied = hot.check_rate("tk", &limits, 50).await.unwrap();
+    assert_eq!((denied.allowed, denied.limited_by), (false, Some("tokens")));
+    // The denied request consumed nothing: neither tokens nor a request.
+    let fits = hot.check_rate("tk", &limits, 40).await.unwrap();
+    assert_eq!(
+        (fits.allowed, fits.remaining_tokens, fits.remaining_requests),
+        (true, Some(0), Some(8))
+    );
+
+    hot.add_tokens("tk", -30).await.unwrap();
+    assert!(hot.check_rate("tk", &limits, 30).await.unwrap().allowed);
+    hot.add_tokens("tk", 500).await.unwrap();
+    assert!(!hot.check_rate("tk", &limits, 1).await.unwrap().allowed);
+}
+
+async fn rate_limit_concurrent(state: &State) {
+    let limits = RateLimits {
+        rpm: Some(10),
+        tpm: None,
+    };
+    let tasks: Vec<_> = (0..25)
+        .map(|_| {
+            let hot = state.hot.clone();
+            tokio::spawn(async move { hot.check_rate("ck", &limits, 1).await.unwrap().allowed })
+        })
+        .collect();
+    let mut allowed = 0;
+    for task in tasks {
+        allowed += usize::from(task.await.unwrap());
+    }
+    assert_eq!(allowed, 10);
+}
+
+async fn spend_counter(state: &State) {
+    let hot = &state.hot;
+    assert_eq!(hot.spend("sk").await.unwrap(), None);
+    hot.seed_spend("sk", 1.0).await.unwrap();
+    hot.seed_spend("sk", 5.0).await.unwrap();
+    assert_eq!(hot.spend("sk").await.unwrap(), Some(1.0));
+    let total = hot.add_spend("sk", 0.5).await.unwrap();
+    assert!((total - 1.5).abs() < 1e-9);
+    assert!((hot.add_spend("fresh", 0.25).await.unwrap() - 0.25).abs() < 1e-9);
+}
+
+async fn key_cache(state: &State) {
+    let hot = &state.hot;
+    let key = state
+        .db
+        .create_key(new_key("k1", "am-secret-one", &["chat"]))
+        .await
+        .unwrap();
+    let hash = hash_secret("am-secret-one");
+    assert_eq!(hot.cached_key(&hash).await.unwrap(), None);
+    hot.cache_key(&hash, &key, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(hot.cached_key(&hash).await.unwrap(), Some(key.clone()));
+    hot.invalidate_key(&hash).await.unwrap();
+    assert_eq!(hot.cached_key(&hash).await.unwrap(), None);
+
+    hot.cache_key(&hash, &key, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while hot.cached_key(&hash).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "cached key never expired");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(!hot.degraded());
+}
+
+#[tokio::test]
+async fn memory_backend_limits() {
+    rate_requests(&MemoryHot::new()).await;
+}
+
+#[tokio::test]
+async fn redis_unreachable_serves_from_memory() {
+    let prefix = testing::fresh_redis_prefix();
+    let hot =
+        RedisHot::connect("redis://127.0.0.1:1", &prefix, Duration::from_millis(250)).unwrap();
+    let started = Instant::now();
+    rate_requests(&hot).await;
+    assert!(hot.degraded());
+    hot.add_spend("sk", 1.0).await.unwrap();
+    assert_eq!(hot.spend("sk").await.unwrap(), Some(1.0));
+    assert!(hot.ping().await.is_err());
+    // One timed-out probe at most, then memory: well under a second for all calls.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let cfg = StateConfig {
+        database_url: "sqlite::memory:".into(),
+        redis_url: Some("redis://127.0.0.1:1".into()),
+        redis_prefix: prefix,
+    };
+    let state = State::connect(&cfg).await.unwrap();
+    let limits = RateLimits {
+        rpm: Some(1),
+        tpm: None,
+    };
+    assert!(state.hot.check_rate("x", &limits, 0).await.unwrap().allowed);
+    assert!(!state.hot.check_rate("x", &limits, 0).await.unwrap().allowed);
+    assert!(state.hot.degraded());
+}
+
+/// Forwards a local port to Redis until aborted, so a test can cut Redis off.
+fn redis_proxy(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(addr).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let target = testing::redis_url()
+        .trim_start_matches("redis://")
+        .to_owned();
+    tokio::spawn(async move {
+        let mut links = tokio::task::JoinSet::new();
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            links.spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_degrades_then_recovers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let prefix = testing::fresh_redis_prefix();
+    let url = format!("redis://{addr}");
+    let hot = RedisHot::connect(&url, &prefix, Duration::from_millis(250)).unwrap();
+    let limits = RateLimits {
+        rpm: Some(100),
+        tpm: None,
+    };
+
+    let proxy = redis_proxy(addr);
+    hot.ping().await.unwrap();
+    assert!(hot.check_rate("r", &limits, 0).await.unwrap().allowed);
+    assert!(!hot.degraded());
+
+    proxy.abort();
+    let _ = proxy.await;
+    let started = Instant::now();
+    assert!(hot.check_rate("r", &limits, 0).await.unwrap().allowed);
+    assert!(hot.degraded());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let proxy = redis_proxy(addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hot.degraded() {
+        assert!(Instant::now() < deadline, "never left degraded mode");
+        assert!(hot.check_rate("r", &limits, 0).await.unwrap().allowed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.abort();
+    testing::cleanup_redis(&prefix).await;
+}
+
+#[tokio::test]
+async fn connect_rejects_bad_urls() {
+    let cfg = |url: &str| StateConfig {
+        database_url: url.into(),
+        redis_url: None,
+        redis_prefix: "t:".into(),
+    };
+    let bad = State::connect(&cfg("mysql://localhost/db")).await;
+    match bad {
+        Err(StateError::Invalid(m)) => assert!(m.contains("mysql") && m.contains("postgres://")),
+        other => panic!("expected Invalid, got {:?}", other.err()),
+    }
+    let down = State::connect(&cfg("postgres://postgres@127.0.0.1:1/x")).await;
+    assert!(
+        matches!(down, Err(StateError::Unavailable { .. })),
+        "{:?}",
+        down.err()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_keeps_datasets_in_separate_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("a/b");
+    let state = State::connect(&StateConfig::embedded(&data_dir))
+        .await
+        .unwrap();
+    let t = table("t", &[("id", ColumnType::Integer)], &[&[Some("1")]]);
+    state.db.create_dataset(&t).await.unwrap();
+    assert!(data_dir.join("agentmesh.db").exists());
+    assert!(data_dir.join("agentmesh-datasets.db").exists());
+
+    // A second process-level open sees the same data (file-backed, migrations idempotent).
+    drop(state);
+    let again = State::connect(&StateConfig::embedded(&data_dir))
+        .await
+        .unwrap();
+    assert_eq!(again.db.list_datasets().await.unwrap().len(), 1);
+    let out = again
+        .db
+        .query_dataset("SELECT id FROM t", 5, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(out.rows, vec![vec![json!(1)]]);
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_works() {
+    let cfg = StateConfig {
+        database_url: "sqlite::memory:".into(),
+        redis_url: None,
+        redis_prefix: "t:".into(),
+    };
+    let state = State::connect(&cfg).await.unwrap();
+    datasets_create_replace_query(&state).await;
+    keys_lifecycle(&state).await;
+}
+
+#[tokio::test]
+async fn postgres_replicas_migrate_concurrently() {
+    let db = testing::fresh_postgres().await.unwrap();
+    let cfg = db.state_config();
+    let (a, b, c) = tokio::join!(
+        State::connect(&cfg),
+        State::connect(&cfg),
+        State::connect(&cfg)
+    );
+    for state in [a, b, c] {
+        state.unwrap().db.ping().await.unwrap();
+    }
+    db.cleanup().await.unwrap();
+}
