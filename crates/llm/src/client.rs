@@ -115,12 +115,21 @@ impl LlmClient {
             match self.on_provider(call, provider, &mut attempt).await {
                 Ok(value) => return Ok(value),
                 Err((err, Next::Stop)) => return Err(err),
-                Err((err, _)) => last = Some(err),
+                Err((err, _)) => {
+                    let kind = err.kind();
+                    let name = provider.name.as_str();
+                    tracing::warn!(
+                        provider = name,
+                        model = call.model,
+                        kind,
+                        "llm provider gave up"
+                    );
+                    last = Some(err);
+                }
             }
             if remaining(call.deadline).is_none() {
                 break;
             }
-            tracing::warn!(provider = %provider.name, model = call.model, "llm provider fallback");
         }
         Err(last.unwrap_or_else(|| self.total_timeout("all providers")))
     }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use agentmesh_mock_llm::{MockConfig, MockLlm};
 use clap::Parser;
@@ -19,9 +20,18 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     agentmesh_telemetry::init("mock-llm");
-    let args = Args::parse();
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("agentmesh-mock-llm: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let config = match &args.script {
         Some(path) => MockConfig::from_file(path)?,
         None => MockConfig::default(),

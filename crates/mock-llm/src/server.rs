@@ -170,10 +170,11 @@ fn sse_body(
 /// An OpenAI-shaped error answer.
 fn error(status: u16, message: &str, retry_after: Option<&str>) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let kind = if status.is_client_error() {
-        "invalid_request_error"
-    } else {
-        "server_error"
+    let kind = match status.as_u16() {
+        401 | 403 => "authentication_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "server_error",
     };
     let body = json!({"error": {"message": message, "type": kind, "code": status.as_u16(),
                                 "param": null}});
