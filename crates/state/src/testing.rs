@@ -57,8 +57,19 @@ pub struct TestDb {
 }
 
 /// Creates an empty database with a unique name on the test server.
-/// Errors (rather than panics) when the server cannot be reached.
-pub async fn fresh_postgres() -> Result<TestDb> {
+///
+/// Panics with the reason when the server cannot be used: tests need it, and
+/// a loud failure says what to fix. [`try_fresh_postgres`] returns the error.
+#[allow(clippy::panic)]
+pub async fn fresh_postgres() -> TestDb {
+    match try_fresh_postgres().await {
+        Ok(db) => db,
+        Err(e) => panic!("test postgres at {}: {e}", redacted(&database_url())),
+    }
+}
+
+/// [`fresh_postgres`] without the panic.
+pub async fn try_fresh_postgres() -> Result<TestDb> {
     let admin_url = database_url();
     let name = format!("agentmesh_test_{}", uuid::Uuid::new_v4().simple());
     let mut url = url::Url::parse(&admin_url)
@@ -76,6 +87,19 @@ pub async fn fresh_postgres() -> Result<TestDb> {
         admin_url,
         cleaned: false,
     })
+}
+
+/// The URL without its password, for messages.
+fn redacted(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<unparsable url>".into(),
+    }
 }
 
 async fn admin_connection(admin_url: &str) -> Result<PgConnection> {
@@ -97,6 +121,11 @@ async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
 }
 
 impl TestDb {
+    /// URL of the new database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Postgres at this database plus Redis under a fresh prefix.
     pub fn state_config(&self) -> StateConfig {
         StateConfig {
@@ -106,10 +135,13 @@ impl TestDb {
         }
     }
 
-    /// Drops the database, closing any connection still open on it.
-    pub async fn cleanup(mut self) -> Result<()> {
+    /// Drops the database, closing any connection still open on it. A
+    /// failure is reported on stderr: it must not hide the test's outcome.
+    pub async fn cleanup(mut self) {
         self.cleaned = true;
-        drop_database(&self.admin_url, &self.name).await
+        if let Err(e) = drop_database(&self.admin_url, &self.name).await {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
     }
 }
 

@@ -35,7 +35,7 @@ impl Env {
     }
 
     async fn postgres() -> Env {
-        let db = testing::fresh_postgres().await.unwrap();
+        let db = testing::fresh_postgres().await;
         let cfg = db.state_config();
         let state = State::connect(&cfg).await.unwrap();
         Env {
@@ -49,7 +49,7 @@ impl Env {
     async fn finish(self) {
         drop(self.state);
         if let Some(db) = self.db {
-            db.cleanup().await.unwrap();
+            db.cleanup().await;
         }
         if let Some(prefix) = self.prefix {
             testing::cleanup_redis(&prefix).await;
@@ -948,7 +948,7 @@ async fn sqlite_keeps_datasets_in_separate_file() {
     assert_eq!(out.rows, vec![vec![json!(1)]]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_in_memory_works() {
     let cfg = StateConfig {
         database_url: "sqlite::memory:".into(),
@@ -958,11 +958,13 @@ async fn sqlite_in_memory_works() {
     let state = State::connect(&cfg).await.unwrap();
     datasets_create_replace_query(&state).await;
     keys_lifecycle(&state).await;
+    concurrent_appends(&state).await;
+    documents_and_search(&state).await;
 }
 
 #[tokio::test]
 async fn postgres_replicas_migrate_concurrently() {
-    let db = testing::fresh_postgres().await.unwrap();
+    let db = testing::fresh_postgres().await;
     let cfg = db.state_config();
     let (a, b, c) = tokio::join!(
         State::connect(&cfg),
@@ -972,5 +974,5 @@ async fn postgres_replicas_migrate_concurrently() {
     for state in [a, b, c] {
         state.unwrap().db.ping().await.unwrap();
     }
-    db.cleanup().await.unwrap();
+    db.cleanup().await;
 }
