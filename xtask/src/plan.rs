@@ -181,7 +181,7 @@ pub fn up(runner: &mut dyn Runner) -> anyhow::Result<()> {
             "secret",
             "agentmesh-gateway-admin",
             "-o",
-            "jsonpath={.data.admin-key}",
+            "go-template={{index .data \"admin-key\" | base64decode}}",
         ],
     ))?;
     println!("agentmesh is up: http://127.0.0.1:8080 (OpenAI base URL http://127.0.0.1:8080/v1)");
