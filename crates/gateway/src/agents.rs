@@ -226,6 +226,7 @@ fn mapped(agent: &str, status: &Status) -> (StatusCode, String) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -219,6 +219,7 @@ pub fn request_timeout(headers: &HeaderMap, configured: Duration) -> Result<Dura
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -9,9 +9,14 @@ use serde_json::{json, Value};
 const DEFAULT_RETRY_AFTER: u64 = 1;
 
 /// An error answered to a client as `{"error": {"message", "type", "code", "param"}}`.
+/// Boxed, so that `Result<_, ApiError>` stays one pointer wide on the happy path.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{status}: {message}")]
-pub struct ApiError {
+#[error("{}: {}", .0.status, .0.message)]
+pub struct ApiError(Box<ErrorParts>);
+
+/// The parts of an [`ApiError`], reachable through `Deref`.
+#[derive(Debug, Clone)]
+pub struct ErrorParts {
     pub status: StatusCode,
     pub message: String,
     pub kind: String,
@@ -21,9 +26,23 @@ pub struct ApiError {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+impl std::ops::Deref for ApiError {
+    type Target = ErrorParts;
+
+    fn deref(&self) -> &ErrorParts {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut ErrorParts {
+        &mut self.0
+    }
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(ErrorParts {
             status,
             message: message.into(),
             kind: default_type(status).to_string(),
@@ -31,7 +50,7 @@ impl ApiError {
             param: None,
             retry_after: None,
             headers: Vec::new(),
-        }
+        }))
     }
 
     /// 400 naming the offending field.
@@ -140,17 +159,19 @@ pub fn default_type(status: StatusCode) -> &'static str {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body())).into_response();
+        let body = self.body();
+        let parts = *self.0;
+        let mut response = (parts.status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
-        let retry_after = match self.retry_after {
+        let retry_after = match parts.retry_after {
             Some(seconds) => Some(seconds),
-            None if self.status == StatusCode::SERVICE_UNAVAILABLE => Some(DEFAULT_RETRY_AFTER),
+            None if parts.status == StatusCode::SERVICE_UNAVAILABLE => Some(DEFAULT_RETRY_AFTER),
             None => None,
         };
         if let Some(seconds) = retry_after {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
-        for (name, value) in self.headers {
+        for (name, value) in parts.headers {
             headers.insert(name, value);
         }
         response
@@ -158,6 +179,7 @@ impl IntoResponse for ApiError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

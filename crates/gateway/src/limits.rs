@@ -231,6 +231,7 @@ async fn settle(app: AppState, record: UsageRecord, correction: Option<i64>, bud
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -180,7 +180,8 @@ async fn every_bad_input_is_a_4xx_naming_the_field() {
             Some("messages[0].content"),
         ),
         (
-            json!({"model": "chat", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+            json!({"model": "chat",
+                   "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
             400,
             Some("messages[0].content[0].type"),
         ),
@@ -358,6 +359,7 @@ async fn completion_has_openai_shape_and_passes_ids() {
     assert!(seen.timeouts[0].is_some(), "a gRPC deadline is sent");
     assert_eq!(seen.requests[0].metadata_json, r#"{"team":"x"}"#);
     assert_eq!(seen.requests[0].conversation_id, "conv-7");
+    assert_eq!(seen.cancelled, 0, "a complete answer is read to its end");
 }
 
 #[tokio::test]
@@ -1148,4 +1150,54 @@ async fn bootstrap_generates_one_admin_key_when_none_is_configured() {
         .is_none());
     let keys = state.db.list_keys().await.unwrap();
     assert_eq!(keys.len(), 2, "the configured key is stored once");
+}
+
+#[tokio::test]
+async fn keep_alive_comments_while_the_agent_is_quiet() {
+    let keepalive = Duration::from_millis(100);
+    let gw = start_with(Options {
+        keepalive,
+        ..Options::default()
+    })
+    .await;
+    let mut body = chat_body("chat", "pause:450");
+    body["stream"] = json!(true);
+    let text = gw
+        .post("/v1/chat/completions", ADMIN_KEY, body)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(": keep-alive\n"), "{text}");
+    assert_eq!(sse_data(&text).last().unwrap(), "[DONE]");
+}
+
+#[tokio::test]
+async fn client_going_away_cancels_the_agent_call_and_records_499() {
+    let gw = start().await;
+    let (id, key) = gw.create_key(json!({"name": "impatient"})).await;
+    let mut body = chat_body("chat", "pause:5000");
+    body["stream"] = json!(true);
+    let mut response = gw.post("/v1/chat/completions", &key, body).await;
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
+    drop(response);
+
+    let mut cancelled = 0;
+    let mut recorded = 0;
+    for _ in 0..60 {
+        cancelled = gw.agent.seen.lock().unwrap().cancelled;
+        let usage = gw.state.db.usage_summary(Some(&id)).await.unwrap();
+        recorded = usage.iter().map(|row| row.requests).sum::<u64>();
+        if cancelled == 1 && recorded == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        cancelled, 1,
+        "the agent's stream was dropped before its end"
+    );
+    assert_eq!(recorded, 1, "the abandoned request still has its usage row");
 }

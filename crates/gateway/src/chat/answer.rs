@@ -321,6 +321,7 @@ impl ChunkBuilder {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use agentmesh_proto::v1::{ContentDelta, Usage};

@@ -299,6 +299,7 @@ fn estimate(messages: &[Message], max_tokens: Option<u32>) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -311,7 +312,7 @@ mod tests {
     }
 
     fn param(body: Value) -> String {
-        run(body).unwrap_err().param.unwrap_or_default()
+        run(body).unwrap_err().param.clone().unwrap_or_default()
     }
 
     #[test]

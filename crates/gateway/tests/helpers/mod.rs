@@ -29,6 +29,22 @@ pub struct Seen {
     pub key_ids: Vec<String>,
     pub timeouts: Vec<Option<String>>,
     pub requests: Vec<ChatRequest>,
+    /// Streams dropped before their last event (the gateway cancelled the call).
+    pub cancelled: usize,
+}
+
+/// Counts a stream as cancelled unless it reached its end.
+struct CancelGuard {
+    seen: Arc<Mutex<Seen>>,
+    finished: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.seen.lock().unwrap().cancelled += 1;
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -145,16 +161,28 @@ impl Agent for FakeAgent {
             .map(|m| m.content.clone())
             .unwrap_or_default();
         let events = script(&prompt, &chat.conversation_id);
-        let slow = prompt
-            .strip_prefix("slow:")
-            .and_then(|ms| ms.parse::<u64>().ok());
+        let delay = |prefix: &str| {
+            prompt
+                .strip_prefix(prefix)
+                .and_then(|ms| ms.parse::<u64>().ok())
+        };
+        let (slow, pause) = (delay("slow:"), delay("pause:"));
+        let guard = CancelGuard {
+            seen: self.seen.clone(),
+            finished: false,
+        };
         let stream = async_stream::stream! {
+            let mut guard = guard;
             if let Some(ms) = slow {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            for item in events {
+            for (i, item) in events.into_iter().enumerate() {
                 yield item;
+                if let (0, Some(ms)) = (i, pause) {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
             }
+            guard.finished = true;
         };
         Ok(Response::new(Box::pin(stream)))
     }
@@ -238,9 +266,12 @@ impl Search for FakeSearch {
     }
 }
 
+/// (table name, CSV bytes) of a registered dataset.
+pub type Registered = (String, Vec<u8>);
+
 #[derive(Clone, Default)]
 pub struct FakeData {
-    pub registered: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    pub registered: Arc<Mutex<Vec<Registered>>>,
 }
 
 #[tonic::async_trait]
@@ -339,6 +370,7 @@ pub struct TestGateway {
 pub struct Options {
     pub max_body_bytes: usize,
     pub agents_down: bool,
+    pub keepalive: Duration,
 }
 
 impl Default for Options {
@@ -346,6 +378,7 @@ impl Default for Options {
         Self {
             max_body_bytes: 64 * 1024,
             agents_down: false,
+            keepalive: Duration::from_secs(15),
         }
     }
 }
@@ -378,7 +411,7 @@ pub async fn start_with(options: Options) -> TestGateway {
         admin_key: Some(ADMIN_KEY.into()),
         request_timeout: Duration::from_secs(10),
         max_body_bytes: options.max_body_bytes,
-        keepalive: Duration::from_secs(15),
+        keepalive: options.keepalive,
     };
     let created = agentmesh_gateway::bootstrap_admin_key(&state, &config)
         .await
