@@ -1,0 +1,67 @@
+//! Configuration of agent binaries from `AGENTMESH_*` environment variables.
+
+use agentmesh_llm::{LlmClient, LlmConfig};
+use agentmesh_state::{State, StateConfig};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The gRPC listen address: `AGENTMESH_GRPC_LISTEN` or the agent's default.
+pub fn listen_addr_from_env(default: &str) -> anyhow::Result<SocketAddr> {
+    let raw = std::env::var("AGENTMESH_GRPC_LISTEN").unwrap_or_else(|_| default.to_string());
+    raw.parse()
+        .with_context(|| format!("AGENTMESH_GRPC_LISTEN {raw:?} is not host:port"))
+}
+
+/// Connects to `AGENTMESH_DATABASE_URL` (default: SQLite in `AGENTMESH_DATA_DIR`) and
+/// `AGENTMESH_REDIS_URL` (default: in-process).
+pub async fn connect_state_from_env() -> anyhow::Result<State> {
+    let data_dir = std::env::var("AGENTMESH_DATA_DIR").unwrap_or_else(|_| "./.agentmesh".into());
+    let data_dir = PathBuf::from(data_dir);
+    let mut config = StateConfig::embedded(&data_dir);
+    match std::env::var("AGENTMESH_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => config.database_url = url,
+        _ => std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?,
+    }
+    config.redis_url = std::env::var("AGENTMESH_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    State::connect(&config)
+        .await
+        .context("cannot connect to state storage")
+}
+
+/// The LLM client from `AGENTMESH_LLM_*`; an error says what to set when none is configured.
+pub fn llm_from_env() -> anyhow::Result<LlmClient> {
+    let config = LlmConfig::from_env().context("invalid AGENTMESH_LLM_* settings")?;
+    let config = config.context(
+        "no LLM provider configured: set AGENTMESH_LLM_BASE_URL (and AGENTMESH_LLM_MODEL, \
+         AGENTMESH_LLM_API_KEY or AGENTMESH_LLM_API_KEY_FILE)",
+    )?;
+    LlmClient::new(config).context("invalid LLM configuration")
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("ctrl-c received"),
+        () = term => tracing::info!("sigterm received"),
+    }
+}

@@ -1,0 +1,21 @@
+//! `agentmesh-data`: the data agent as its own process.
+
+use agentmesh_agent_runtime::{
+    connect_state_from_env, listen_addr_from_env, llm_from_env, shutdown_signal, AgentContext,
+    Peers,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    agentmesh_telemetry::init("agentmesh-data");
+    let addr = listen_addr_from_env(agentmesh_data::DEFAULT_LISTEN)?;
+    let llm = llm_from_env()?;
+    let state = connect_state_from_env().await?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let ctx = AgentContext {
+        state,
+        llm,
+        peers: Peers::default(),
+    };
+    agentmesh_data::serve(ctx, listener, shutdown_signal()).await
+}

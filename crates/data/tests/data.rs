@@ -1,0 +1,261 @@
+//! The data agent over gRPC: Northwind on Postgres and SQLite, refusals, answers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+use agentmesh_agent_runtime::Peers;
+use agentmesh_mock_llm::{MockConfig, Rule};
+use agentmesh_proto::v1::agent_client::AgentClient;
+use agentmesh_proto::v1::data_client::DataClient;
+use agentmesh_proto::v1::*;
+use agentmesh_state::{testing, State, StateConfig};
+use helpers::*;
+use tonic::transport::Channel;
+
+const ORDER_DETAILS: &str = "../../../shared/data/northwind/order_details.csv";
+const PG_REVENUE: &str =
+    "SELECT round(sum(unit_price*quantity*(1-discount))::numeric, 2) FROM order_details";
+const LITE_REVENUE: &str =
+    "SELECT round(sum(unit_price*quantity*(1-discount)), 2) FROM order_details";
+
+fn order_details() -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(ORDER_DETAILS);
+    std::fs::read(path).unwrap()
+}
+
+async fn start_data(config: MockConfig, state: State, dir: tempfile::TempDir) -> Running {
+    let serve = |ctx, listener, stop: tokio::sync::oneshot::Receiver<()>| {
+        agentmesh_data::serve(ctx, listener, async move {
+            let _ = stop.await;
+        })
+    };
+    start(serve, config, state, dir, Peers::default()).await
+}
+
+async fn clients(url: &str) -> (DataClient<Channel>, AgentClient<Channel>) {
+    let channel = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (DataClient::new(channel.clone()), AgentClient::new(channel))
+}
+
+async fn load_order_details(data: &mut DataClient<Channel>) -> Dataset {
+    let req = RegisterDatasetRequest {
+        name: "order_details".into(),
+        csv: order_details(),
+    };
+    data.register_dataset(req).await.unwrap().into_inner()
+}
+
+/// The single value of a one-row, one-column result, as a number.
+fn single_number(resp: &DataQueryResponse) -> f64 {
+    let rows: serde_json::Value = serde_json::from_str(&resp.rows_json).unwrap();
+    let value = &rows[0][0];
+    value
+        .as_f64()
+        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+        .unwrap()
+}
+
+async fn query(
+    data: &mut DataClient<Channel>,
+    sql: &str,
+) -> Result<DataQueryResponse, tonic::Status> {
+    let req = DataQueryRequest {
+        sql: sql.into(),
+        max_rows: 0,
+    };
+    data.query(req).await.map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn revenue_on_postgres_and_delete_is_refused() {
+    let db = testing::fresh_postgres().await;
+    let config = StateConfig {
+        database_url: db.url.clone(),
+        redis_url: None,
+        redis_prefix: testing::fresh_redis_prefix(),
+    };
+    let state = State::connect(&config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_data(MockConfig::new(MODEL), state, dir).await;
+    let (mut data, _) = clients(&agent.url).await;
+
+    let dataset = load_order_details(&mut data).await;
+    assert_eq!(dataset.row_count, 2155);
+    let types: Vec<_> = dataset
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.r#type.as_str()))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("order_id", "integer"),
+            ("product_id", "integer"),
+            ("unit_price", "real"),
+            ("quantity", "integer"),
+            ("discount", "real"),
+        ]
+    );
+
+    let revenue = query(&mut data, PG_REVENUE).await.unwrap();
+    assert!(
+        (single_number(&revenue) - 1_265_793.04).abs() < 1e-6,
+        "{}",
+        revenue.rows_json
+    );
+
+    let status = query(&mut data, "DELETE FROM order_details")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(meta(&status, "x-agentmesh-error-code"), "sql_not_read_only");
+    assert_eq!(meta(&status, "x-agentmesh-error-param"), "sql");
+    let count = query(&mut data, "SELECT count(*) FROM order_details")
+        .await
+        .unwrap();
+    assert_eq!(single_number(&count), 2155.0, "nothing was deleted");
+
+    drop(agent);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn revenue_on_sqlite_and_refusals_carry_their_codes() {
+    let (state, dir) = sqlite_state().await;
+    let agent = start_data(MockConfig::new(MODEL), state, dir).await;
+    let (mut data, _) = clients(&agent.url).await;
+    load_order_details(&mut data).await;
+
+    let revenue = query(&mut data, LITE_REVENUE).await.unwrap();
+    assert!(
+        (single_number(&revenue) - 1_265_793.04).abs() < 1e-6,
+        "{}",
+        revenue.rows_json
+    );
+
+    let capped = query(&mut data, "SELECT * FROM order_details")
+        .await
+        .unwrap();
+    assert_eq!(capped.row_count, 1000);
+    assert!(capped.truncated);
+
+    let cases = [
+        ("DELETE FROM order_details", "sql_not_read_only"),
+        ("SELECT 1; SELECT 2", "sql_multiple_statements"),
+        ("SELECT * FROM customers", "sql_unknown_table"),
+    ];
+    for (sql, code) in cases {
+        let status = query(&mut data, sql).await.unwrap_err();
+        assert_eq!(meta(&status, "x-agentmesh-error-code"), code, "{sql}");
+    }
+
+    let listed = data
+        .list_datasets(ListDatasetsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.datasets.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_csv_uploads_name_the_problem() {
+    let (state, dir) = sqlite_state().await;
+    let agent = start_data(MockConfig::new(MODEL), state, dir).await;
+    let (mut data, _) = clients(&agent.url).await;
+    let register = |name: &str, csv: &[u8]| RegisterDatasetRequest {
+        name: name.into(),
+        csv: csv.to_vec(),
+    };
+
+    let status = data
+        .register_dataset(register("t", b"a,b\n1,2\n3\n"))
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("line 3"), "{}", status.message());
+    assert_eq!(meta(&status, "x-agentmesh-error-param"), "csv");
+    let status = data.register_dataset(register("t", b"")).await.unwrap_err();
+    assert!(status.message().contains("empty"));
+    let status = data
+        .register_dataset(register("t", b"\xff\xfe\x00a"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let status = data
+        .register_dataset(register("Bad Name", b"a\n1\n"))
+        .await
+        .unwrap_err();
+    assert_eq!(meta(&status, "x-agentmesh-error-param"), "name");
+}
+
+#[tokio::test]
+async fn question_gets_sql_rows_and_summary_with_one_retry() {
+    let sql_rule = |reply: &str| Rule {
+        system_contains: Some("read-only".into()),
+        ..Rule::reply(reply)
+    };
+    let config = MockConfig::new(MODEL)
+        .with_rule(sql_rule("```sql\nDELETE FROM order_details\n```").times(1))
+        .with_rule(sql_rule(
+            "```sql\nSELECT count(*) AS lines FROM order_details\n```",
+        ))
+        .with_rule(Rule {
+            system_contains: Some("summarise".into()),
+            ..Rule::reply("There are 2155 order lines.")
+        });
+    let (state, dir) = sqlite_state().await;
+    let agent = start_data(config, state, dir).await;
+    let (mut data, mut chat) = clients(&agent.url).await;
+    load_order_details(&mut data).await;
+
+    let request = chat_request(vec![user("How many order lines are there?")], "");
+    let (events, error) = collect(chat.chat(request).await.unwrap().into_inner()).await;
+    assert!(error.is_none(), "{error:?}");
+    let answer = text(&events);
+    assert!(
+        answer.contains("```sql\nSELECT count(*) AS lines FROM order_details\n```"),
+        "{answer}"
+    );
+    assert!(answer.contains("| lines |\n| --- |\n| 2155 |"), "{answer}");
+    assert!(answer.ends_with("There are 2155 order lines."), "{answer}");
+
+    let log = mock_log(&agent.mock);
+    assert_eq!(log.len(), 3, "sql, corrected sql, summary");
+    assert!(
+        log[0].contains("order_id integer") && log[0].contains("Sample rows"),
+        "{}",
+        log[0]
+    );
+    assert!(
+        log[1].contains("That query failed") && log[1].contains("only read-only queries"),
+        "{}",
+        log[1]
+    );
+}
+
+#[tokio::test]
+async fn typed_sql_runs_directly_and_bad_sql_is_refused() {
+    let (state, dir) = sqlite_state().await;
+    let agent = start_data(MockConfig::new(MODEL), state, dir).await;
+    let (mut data, mut chat) = clients(&agent.url).await;
+    load_order_details(&mut data).await;
+
+    let request = chat_request(vec![user(LITE_REVENUE)], "");
+    let (events, error) = collect(chat.chat(request).await.unwrap().into_inner()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert!(text(&events).contains("1265793.04"), "{}", text(&events));
+    assert!(agent.mock.requests().is_empty());
+
+    let request = chat_request(
+        vec![user("with x as (delete from order_details) select 1")],
+        "",
+    );
+    let (events, error) = collect(chat.chat(request).await.unwrap().into_inner()).await;
+    assert!(events.is_empty());
+    let status = error.expect("refused");
+    assert_eq!(meta(&status, "x-agentmesh-error-code"), "sql_not_read_only");
+}

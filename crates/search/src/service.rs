@@ -1,0 +1,256 @@
+//! The search agent's gRPC services: `Search` (ingest, list, delete, query) and `Agent`.
+
+use crate::answer;
+use crate::ingest::prepare;
+use agentmesh_agent_runtime::{
+    delta_event, final_event, forward_llm_stream, invalid_argument, last_user_message,
+    spawn_events, status_from_state, usage_event, validate_messages, AgentContext, EventSink,
+    EventStream, RequestMeta,
+};
+use agentmesh_llm::{CompletionRequest, Usage};
+use agentmesh_proto::v1::agent_server::Agent;
+use agentmesh_proto::v1::search_server::Search;
+use agentmesh_proto::v1::*;
+use agentmesh_state::ScoredChunk;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+pub const AGENT_NAME: &str = "search";
+/// Passages retrieved when the caller does not say.
+pub const DEFAULT_TOP_K: usize = 5;
+pub const MAX_TOP_K: usize = 50;
+
+/// Serves both services over one shared context.
+#[derive(Clone)]
+pub struct SearchAgent {
+    ctx: AgentContext,
+}
+
+impl SearchAgent {
+    pub fn new(ctx: AgentContext) -> Self {
+        Self { ctx }
+    }
+
+    async fn retrieve(&self, query: &str, top_k: usize) -> Result<Vec<ScoredChunk>, Status> {
+        let db = &self.ctx.state.db;
+        db.search_chunks(query, top_k)
+            .await
+            .map_err(|e| status_from_state(&e))
+    }
+}
+
+fn span<T>(req: &Request<T>, rpc: &'static str) -> tracing::Span {
+    RequestMeta::from_metadata(req.metadata()).span(AGENT_NAME, rpc)
+}
+
+#[tonic::async_trait]
+impl Search for SearchAgent {
+    async fn ingest(
+        &self,
+        request: Request<IngestRequest>,
+    ) -> Result<Response<IngestResponse>, Status> {
+        let span = span(&request, "Ingest");
+        async move {
+            let prepared = prepare(request.into_inner())?;
+            let (id, chunks) = (prepared.doc.id.clone(), prepared.chunks.len());
+            let replaced = self
+                .ctx
+                .state
+                .db
+                .upsert_document(prepared.doc, prepared.chunks)
+                .await
+                .map_err(|e| status_from_state(&e))?;
+            tracing::info!(document_id = %id, chunks, replaced, "document ingested");
+            let chunks = u32::try_from(chunks).unwrap_or(u32::MAX);
+            Ok(Response::new(IngestResponse {
+                id,
+                chunks,
+                replaced,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteDocumentRequest>,
+    ) -> Result<Response<DeleteDocumentResponse>, Status> {
+        let span = span(&request, "Delete");
+        async move {
+            let id = request.into_inner().id;
+            if id.is_empty() {
+                return Err(invalid_argument("id must not be empty", Some("id")));
+            }
+            let db = &self.ctx.state.db;
+            let deleted = db
+                .delete_document(&id)
+                .await
+                .map_err(|e| status_from_state(&e))?;
+            Ok(Response::new(DeleteDocumentResponse { deleted }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn list(
+        &self,
+        request: Request<ListDocumentsRequest>,
+    ) -> Result<Response<ListDocumentsResponse>, Status> {
+        let span = span(&request, "List");
+        async move {
+            let docs = self
+                .ctx
+                .state
+                .db
+                .list_documents()
+                .await
+                .map_err(|e| status_from_state(&e))?;
+            let documents = docs
+                .into_iter()
+                .map(|d| Document {
+                    id: d.id,
+                    title: d.title,
+                    source: d.source,
+                    chunks: d.chunks,
+                    metadata_json: d.metadata.to_string(),
+                    created_at: d.created_at.to_rfc3339(),
+                })
+                .collect();
+            Ok(Response::new(ListDocumentsResponse { documents }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn query(
+        &self,
+        request: Request<SearchQueryRequest>,
+    ) -> Result<Response<SearchQueryResponse>, Status> {
+        let span = span(&request, "Query");
+        async move {
+            let req = request.into_inner();
+            if req.query.trim().is_empty() {
+                return Err(invalid_argument("query must not be empty", Some("query")));
+            }
+            let top_k = match req.top_k as usize {
+                0 => DEFAULT_TOP_K,
+                k => k.min(MAX_TOP_K),
+            };
+            let results = self
+                .retrieve(&req.query, top_k)
+                .await?
+                .into_iter()
+                .map(passage)
+                .collect();
+            Ok(Response::new(SearchQueryResponse { results }))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn passage(c: ScoredChunk) -> Passage {
+    Passage {
+        document_id: c.document_id,
+        title: c.title,
+        source: c.source,
+        heading: c.heading,
+        text: c.text,
+        score: c.score,
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for SearchAgent {
+    type ChatStream = EventStream;
+
+    async fn chat(&self, request: Request<ChatRequest>) -> Result<Response<EventStream>, Status> {
+        let span = span(&request, "Chat");
+        let req = request.into_inner();
+        validate_messages(&req.messages)?;
+        let question = last_user_message(&req.messages)?.to_string();
+        let agent = self.clone();
+        let stream = spawn_events(span, move |sink| async move {
+            agent.answer(req, question, sink).await
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn describe(
+        &self,
+        _request: Request<DescribeRequest>,
+    ) -> Result<Response<DescribeResponse>, Status> {
+        Ok(Response::new(DescribeResponse {
+            name: AGENT_NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            model: self.ctx.llm.default_model().into(),
+            tools: Vec::new(),
+        }))
+    }
+}
+
+impl SearchAgent {
+    async fn answer(
+        &self,
+        req: ChatRequest,
+        question: String,
+        sink: EventSink,
+    ) -> Result<(), Status> {
+        let passages = self.retrieve(&question, DEFAULT_TOP_K).await?;
+        tracing::debug!(passages = passages.len(), "retrieved");
+        if passages.is_empty() {
+            sink.send(delta_event(answer::NOTHING_FOUND)).await?;
+            sink.send(usage_event(&Usage::default())).await?;
+            let model = self.ctx.llm.default_model();
+            return sink
+                .send(final_event("stop", model, &req.conversation_id))
+                .await;
+        }
+
+        let llm_req = CompletionRequest {
+            messages: answer::prompt(&question, &passages),
+            temperature: req.temperature,
+            top_p: req.top_p,
+            max_tokens: req.max_tokens,
+            stop: req.stop,
+            ..CompletionRequest::default()
+        };
+        let out = forward_llm_stream(&self.ctx.llm, llm_req, &sink, false).await?;
+
+        let used = answer::used(&out.text, passages.len());
+        sink.send(delta_event(answer::sources_text(&passages, &used)))
+            .await?;
+        sink.send(citations_event(&passages, &used)).await?;
+        sink.send(usage_event(&out.usage)).await?;
+        let model = if out.model.is_empty() {
+            self.ctx.llm.default_model()
+        } else {
+            &out.model
+        };
+        let reason = if out.finish_reason.is_empty() {
+            "stop"
+        } else {
+            &out.finish_reason
+        };
+        sink.send(final_event(reason, model, &req.conversation_id))
+            .await
+    }
+}
+
+fn citations_event(passages: &[ScoredChunk], used: &[usize]) -> ChatEvent {
+    let citations = used
+        .iter()
+        .filter_map(|n| passages.get(n - 1))
+        .map(|p| Citation {
+            document_id: p.document_id.clone(),
+            title: p.title.clone(),
+            source: p.source.clone(),
+            heading: p.heading.clone(),
+            score: p.score,
+        })
+        .collect();
+    ChatEvent {
+        event: Some(chat_event::Event::Citations(Citations { citations })),
+    }
+}
