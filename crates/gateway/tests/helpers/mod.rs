@@ -392,6 +392,11 @@ pub async fn start_with(options: Options) -> TestGateway {
     let state = State::connect(&StateConfig::embedded(dir.path()))
         .await
         .unwrap();
+    start_on(state, dir, options).await
+}
+
+/// The gateway over `state`; `dir` lives as long as the gateway.
+pub async fn start_on(state: State, dir: tempfile::TempDir, options: Options) -> TestGateway {
     let agent = FakeAgent::default();
     let data = FakeData::default();
     let agents_url = if options.agents_down {
