@@ -15,7 +15,14 @@ fn peer(var: &str, default: &str) -> Option<String> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("agentmesh-chat: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     agentmesh_telemetry::init("agentmesh-chat");
     let addr = listen_addr_from_env(DEFAULT_LISTEN)?;
     let llm = llm_from_env()?;

@@ -69,8 +69,10 @@ impl Agent for ChatAgent {
 
     async fn describe(
         &self,
-        _request: Request<DescribeRequest>,
+        request: Request<DescribeRequest>,
     ) -> Result<Response<DescribeResponse>, Status> {
+        let meta = RequestMeta::from_metadata(request.metadata());
+        let _span = meta.span(AGENT_NAME, "Describe").entered();
         Ok(Response::new(DescribeResponse {
             name: AGENT_NAME.into(),
             version: env!("CARGO_PKG_VERSION").into(),

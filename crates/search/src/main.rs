@@ -6,7 +6,14 @@ use agentmesh_agent_runtime::{
 };
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("agentmesh-search: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     agentmesh_telemetry::init("agentmesh-search");
     let addr = listen_addr_from_env(agentmesh_search::DEFAULT_LISTEN)?;
     let llm = llm_from_env()?;

@@ -179,8 +179,9 @@ impl Agent for SearchAgent {
 
     async fn describe(
         &self,
-        _request: Request<DescribeRequest>,
+        request: Request<DescribeRequest>,
     ) -> Result<Response<DescribeResponse>, Status> {
+        let _span = span(&request, "Describe").entered();
         Ok(Response::new(DescribeResponse {
             name: AGENT_NAME.into(),
             version: env!("CARGO_PKG_VERSION").into(),

@@ -271,3 +271,30 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
     assert_eq!(described.name, "search");
     assert_eq!(described.model, MODEL);
 }
+
+#[tokio::test]
+async fn health_reports_each_service_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let agent = start_search(MockConfig::new(MODEL)).await;
+    let channel = Channel::from_shared(agent.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["agentmesh.v1.Agent", "agentmesh.v1.Search"] {
+        let req = HealthCheckRequest {
+            service: service.into(),
+        };
+        let status = health.check(req).await.unwrap().into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service}");
+    }
+    let unknown = HealthCheckRequest {
+        service: "agentmesh.v1.Data".into(),
+    };
+    assert_eq!(
+        health.check(unknown).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+}
