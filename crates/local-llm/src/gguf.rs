@@ -201,6 +201,70 @@ mod tests {
         assert!(err.to_string().contains("notes.gguf"), "{err}");
     }
 
+    /// A GGUF v3 header: `general.architecture` and one 32-element tensor of `dtype`.
+    fn header(architecture: &str, dtype: u32) -> Vec<u8> {
+        fn string(out: &mut Vec<u8>, s: &str) {
+            out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        let mut out = b"GGUF".to_vec();
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&1u64.to_le_bytes());
+        out.extend_from_slice(&1u64.to_le_bytes());
+        string(&mut out, "general.architecture");
+        out.extend_from_slice(&8u32.to_le_bytes());
+        string(&mut out, architecture);
+        string(&mut out, "token_embd.weight");
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&32u64.to_le_bytes());
+        out.extend_from_slice(&dtype.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.resize(out.len().next_multiple_of(32) + 128, 0);
+        out
+    }
+
+    fn open_bytes(name: &str, bytes: &[u8]) -> LocalError {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let err = open(&path).err().unwrap();
+        assert!(err.to_string().contains(name), "{err}");
+        err
+    }
+
+    #[test]
+    fn other_architectures_are_refused_by_name() {
+        let err = open_bytes("gpt.gguf", &header("gpt2", 0));
+        assert!(
+            matches!(&err, LocalError::UnsupportedArchitecture { architecture, .. }
+                if architecture == "gpt2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_tensor_types_are_an_unsupported_quantization() {
+        let err = open_bytes("odd.gguf", &header("llama", 99));
+        assert!(
+            matches!(err, LocalError::UnsupportedQuantization { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("unsupported quantization"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_llama_header_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(&path, header("llama", 0)).unwrap();
+        let model = open(&path).unwrap();
+        assert_eq!(model.string("general.architecture"), Some("llama"));
+        assert_eq!(model.model_name(), "tiny");
+    }
+
     #[test]
     fn truncated_header_is_invalid_gguf() {
         let dir = tempfile::tempdir().unwrap();
