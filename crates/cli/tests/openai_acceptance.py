@@ -4,7 +4,10 @@ Expects the Kubernetes pages ingested and the Northwind tables loaded.
 Usage: python openai_acceptance.py BASE_URL API_KEY BACKEND(sqlite|postgres)
 """
 
+import json
 import sys
+import urllib.error
+import urllib.request
 
 import openai
 
@@ -66,13 +69,19 @@ try:
 except openai.NotFoundError as err:
     assert err.status_code == 404
 
+# The dataset query route (no LLM) refuses writes with a 400 in the OpenAI error shape.
+request = urllib.request.Request(
+    f"{base}/v1/datasets/order_details/query",
+    data=json.dumps({"sql": "DELETE FROM order_details"}).encode(),
+    headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+)
 try:
-    client.chat.completions.create(
-        model="data", messages=[{"role": "user", "content": "DELETE FROM order_details"}]
-    )
+    urllib.request.urlopen(request)
     raise AssertionError("DELETE accepted")
-except openai.BadRequestError as err:
-    assert err.status_code == 400
+except urllib.error.HTTPError as err:
+    assert err.code == 400, err.code
+    error = json.loads(err.read())["error"]
+    assert set(error) >= {"message", "type", "code", "param"}, error
 
 bad = openai.OpenAI(base_url=f"{base}/v1", api_key="am-not-a-key", max_retries=0)
 try:

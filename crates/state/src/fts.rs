@@ -35,13 +35,6 @@ pub(crate) fn terms(query: &str) -> Vec<String> {
     out
 }
 
-/// A Postgres `to_tsquery` text: `w1 | w2 | …`. Words are alphanumeric, so
-/// none of the tsquery operators can appear. None when nothing is left.
-pub(crate) fn pg_tsquery(query: &str) -> Option<String> {
-    let terms = terms(query);
-    (!terms.is_empty()).then(|| terms.join(" | "))
-}
-
 /// An FTS5 MATCH expression: every word quoted as a string (inner quotes
 /// doubled), OR-ed together, so FTS syntax in user text is inert.
 pub(crate) fn fts5_query(query: &str) -> Option<String> {
@@ -62,16 +55,13 @@ mod tests {
     fn operators_become_plain_words() {
         let q = fts5_query(r#""foo" AND (bar* OR -baz):"#);
         assert_eq!(q.as_deref(), Some(r#""foo" OR "bar" OR "baz""#));
-        assert_eq!(
-            pg_tsquery("pods' & !nodes:*").as_deref(),
-            Some("pods | nodes")
-        );
+        assert_eq!(terms("pods' & !nodes:*"), vec!["pods", "nodes"]);
     }
 
     #[test]
     fn stop_words_only_is_empty() {
         assert_eq!(fts5_query("what is the"), None);
-        assert_eq!(pg_tsquery("  ?! "), None);
+        assert!(terms("  ?! ").is_empty());
     }
 
     #[test]

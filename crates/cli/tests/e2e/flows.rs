@@ -87,7 +87,7 @@ pub fn load_corpus(api: &Api) {
         &api.key,
         &["data", "load", northwind.to_str().expect("path")],
     );
-    assert!(out.contains("13 datasets stored, 0 failed"), "{out}");
+    assert!(out.contains("12 datasets stored, 0 failed"), "{out}");
 }
 
 pub async fn search_ranks_memory_pages_first(api: &Api) {

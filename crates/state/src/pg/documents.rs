@@ -1,9 +1,33 @@
-//! Documents and full-text search over their chunks (tsvector + GIN, ts_rank_cd).
+//! Documents and full-text search over their chunks (tsvector + GIN, IDF-weighted ts_rank).
 
 use super::{PgDatabase, BACKEND};
 use crate::sqlerr::map;
 use crate::{fts, DocumentInfo, NewChunk, NewDocument, Result, ScoredChunk};
 use sqlx::Row;
+
+/// `$1`: plain alphanumeric words (from `fts::terms`); `$2`: how many results.
+/// Terms are normalised by the same `english` configuration as the index, then
+/// each is matched alone as a quoted lexeme, so no user text reaches a parser.
+const SEARCH_SQL: &str = "\
+WITH terms AS (
+    SELECT DISTINCT lex FROM unnest(tsvector_to_array(to_tsvector('english', $1))) AS lex
+), total AS (
+    SELECT greatest(count(*), 1)::float8 AS n FROM chunks
+), weighted AS (
+    SELECT q.q, ln(1 + (total.n - d.df + 0.5) / (d.df + 0.5)) AS idf
+    FROM terms
+    CROSS JOIN total
+    CROSS JOIN LATERAL (SELECT to_tsquery('simple', quote_literal(terms.lex)) AS q) q
+    CROSS JOIN LATERAL (SELECT count(*)::float8 AS df FROM chunks WHERE tsv @@ q.q) d
+)
+SELECT c.document_id, d.title, d.source, c.heading, c.text,
+       sum(w.idf * ts_rank(c.tsv, w.q, 1))::float8 AS score
+FROM chunks c
+JOIN weighted w ON c.tsv @@ w.q
+JOIN documents d ON d.id = c.document_id
+GROUP BY c.id, c.document_id, d.title, d.source, c.heading, c.text
+ORDER BY score DESC, c.id
+LIMIT $2";
 
 impl PgDatabase {
     pub(super) async fn upsert_doc(&self, doc: NewDocument, chunks: Vec<NewChunk>) -> Result<bool> {
@@ -71,26 +95,21 @@ impl PgDatabase {
             .map_err(map(BACKEND))
     }
 
-    /// Chunks matching any of the query's words, ranked by cover density.
+    /// Chunks matching any of the query's words, ranked BM25-style: each term's
+    /// `ts_rank` (heading weighted above body, length-normalised) is scaled by the
+    /// term's inverse document frequency, so a rare word such as `oomkilled`
+    /// outweighs one that is on every page such as `container`.
     pub(super) async fn search(&self, query: &str, top_k: usize) -> Result<Vec<ScoredChunk>> {
-        let Some(tsquery) = fts::pg_tsquery(query) else {
-            return Ok(Vec::new());
-        };
-        if top_k == 0 {
+        let terms = fts::terms(query);
+        if terms.is_empty() || top_k == 0 {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
-            "SELECT c.document_id, d.title, d.source, c.heading, c.text, \
-             ts_rank_cd(c.tsv, q)::float8 AS score \
-             FROM chunks c JOIN documents d ON d.id = c.document_id, \
-             to_tsquery('english', $1) AS q \
-             WHERE c.tsv @@ q ORDER BY score DESC, c.id LIMIT $2",
-        )
-        .bind(tsquery)
-        .bind(i64::try_from(top_k).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map(BACKEND))?;
+        let rows = sqlx::query(SEARCH_SQL)
+            .bind(terms.join(" "))
+            .bind(i64::try_from(top_k).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map(BACKEND))?;
         rows.iter()
             .map(|r| {
                 Ok(ScoredChunk {
