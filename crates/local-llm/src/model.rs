@@ -277,3 +277,15 @@ fn internal(message: String) -> LlmError {
         message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+
+    #[test]
+    fn handles_can_move_between_tasks() {
+        shareable::<LocalModel>();
+    }
+}
