@@ -5,6 +5,7 @@
 pub mod memory;
 mod service;
 pub mod tools;
+pub mod turns;
 
 pub use service::{ChatAgent, AGENT_NAME, MAX_TOOL_ROUNDS};
 

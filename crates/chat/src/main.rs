@@ -23,7 +23,7 @@ async fn main() {
 }
 
 async fn run() -> anyhow::Result<()> {
-    agentmesh_telemetry::init("agentmesh-chat");
+    let _telemetry = agentmesh_telemetry::init("agentmesh-chat");
     let addr = listen_addr_from_env(DEFAULT_LISTEN)?;
     let llm = llm_from_env()?;
     let state = connect_state_from_env().await?;

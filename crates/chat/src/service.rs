@@ -2,9 +2,11 @@
 
 use crate::memory::{assemble, CONTEXT_BUDGET_TOKENS};
 use crate::tools::Tools;
+use crate::turns::{self, StoredTurn, TurnKey};
 use agentmesh_agent_runtime::{
-    add_usage, final_event, forward_llm_stream, invalid_argument, spawn_events, status_from_state,
-    usage_event, validate_messages, AgentContext, EventSink, EventStream, RequestMeta,
+    add_usage, delta_event, final_event, forward_llm_stream, invalid_argument, spawn_events,
+    status_from_state, usage_event, validate_messages, AgentContext, EventSink, EventStream,
+    RequestMeta,
 };
 use agentmesh_llm::{ChatMessage, CompletionRequest, ToolCall, Usage};
 use agentmesh_proto::v1::agent_server::Agent;
@@ -16,6 +18,8 @@ pub const AGENT_NAME: &str = "chat";
 /// Rounds in which the model may call tools; one more round must answer.
 pub const MAX_TOOL_ROUNDS: usize = 3;
 const MAX_CONVERSATION_ID_CHARS: usize = 200;
+/// Request metadata naming a client retry; preferred over `x-request-id`.
+const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 #[derive(Clone)]
 pub struct ChatAgent {
@@ -51,6 +55,12 @@ impl Agent for ChatAgent {
     async fn chat(&self, request: Request<ChatRequest>) -> Result<Response<EventStream>, Status> {
         let meta = RequestMeta::from_metadata(request.metadata());
         let span = meta.span(AGENT_NAME, "Chat");
+        let retry_id = request
+            .metadata()
+            .get(IDEMPOTENCY_KEY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(&meta.request_id)
+            .to_string();
         let req = request.into_inner();
         validate_messages(&req.messages)?;
         check_conversation_id(&req.conversation_id)?;
@@ -61,8 +71,11 @@ impl Agent for ChatAgent {
             ));
         }
         let agent = self.clone();
+        let user = req.messages.iter().rev().find(|m| m.role == "user");
+        let user = user.map_or("", |m| m.content.as_str());
+        let key = TurnKey::new(&req.conversation_id, &meta.key_id, &retry_id, user);
         let stream = spawn_events(span, move |sink| async move {
-            agent.answer(req, meta, sink).await
+            agent.answer(req, meta, key, sink).await
         });
         Ok(Response::new(stream))
     }
@@ -95,23 +108,45 @@ impl ChatAgent {
         &self,
         req: ChatRequest,
         meta: RequestMeta,
+        key: Option<TurnKey>,
         sink: EventSink,
     ) -> Result<(), Status> {
         let conversation = req.conversation_id.clone();
         let messages = self.context_messages(&req, &meta).await?;
-        let outcome = self.run_rounds(&req, messages, &meta, &sink).await?;
+        if let Some(done) = self.stored_turn(key.as_ref()).await? {
+            tracing::info!(conversation_id = %conversation, "turn replayed");
+            sink.send(delta_event(done.answer)).await?;
+            sink.send(usage_event(&Usage::default())).await?;
+            return sink
+                .send(final_event(&done.finish_reason, &done.model, &conversation))
+                .await;
+        }
+        let mut outcome = self.run_rounds(&req, messages, &meta, &sink).await?;
+        if outcome.model.is_empty() {
+            outcome.model = self.ctx.llm.default_model().to_string();
+        }
 
         if !conversation.is_empty() {
-            self.persist(&req, &meta, &outcome.answer).await?;
+            self.persist(&req, &meta, key.as_ref(), &outcome).await?;
         }
         sink.send(usage_event(&outcome.usage)).await?;
-        let model = if outcome.model.is_empty() {
-            self.ctx.llm.default_model()
-        } else {
-            &outcome.model
+        sink.send(final_event(
+            &outcome.finish_reason,
+            &outcome.model,
+            &conversation,
+        ))
+        .await
+    }
+
+    /// The turn a previous attempt of this request stored, if any.
+    async fn stored_turn(&self, key: Option<&TurnKey>) -> Result<Option<StoredTurn>, Status> {
+        let Some(key) = key else {
+            return Ok(None);
         };
-        sink.send(final_event(&outcome.finish_reason, model, &conversation))
+        let db = self.ctx.state.db.as_ref();
+        turns::find(db, key)
             .await
+            .map_err(|e| status_from_state(&e))
     }
 
     /// The request's messages with the stored conversation fitted in.
@@ -143,6 +178,7 @@ impl ChatAgent {
     }
 
     /// Calls the model, running the tools it asks for, up to `MAX_TOOL_ROUNDS` rounds.
+    /// The calls of one round run concurrently; their results go back in call order.
     async fn run_rounds(
         &self,
         req: &ChatRequest,
@@ -190,8 +226,9 @@ impl ChatAgent {
                 ..ChatMessage::default()
             };
             messages.push(assistant);
-            for call in &calls {
-                messages.push(self.run_tool(call, meta, sink).await?);
+            let runs = calls.iter().map(|call| self.run_tool(call, meta, sink));
+            for result in futures::future::join_all(runs).await {
+                messages.push(result?);
             }
             outcome.finish_reason = "stop".into();
         }
@@ -230,12 +267,13 @@ impl ChatAgent {
         })
     }
 
-    /// Stores the new user message and the answer together, or neither.
+    /// Stores the new user message and the answer together, or neither, once per request.
     async fn persist(
         &self,
         req: &ChatRequest,
         meta: &RequestMeta,
-        answer: &str,
+        key: Option<&TurnKey>,
+        outcome: &Outcome,
     ) -> Result<(), Status> {
         let user = req.messages.iter().rev().find(|m| m.role == "user");
         let user = user.map(|m| m.content.clone()).unwrap_or_default();
@@ -246,14 +284,20 @@ impl ChatAgent {
             },
             NewMessage {
                 role: "assistant".into(),
-                content: answer.to_string(),
+                content: outcome.answer.clone(),
             },
         ];
-        let db = &self.ctx.state.db;
-        db.append_messages(&req.conversation_id, &meta.key_id, &turn)
+        let record = StoredTurn {
+            answer: outcome.answer.clone(),
+            model: outcome.model.clone(),
+            finish_reason: outcome.finish_reason.clone(),
+        };
+        let db = self.ctx.state.db.as_ref();
+        let conversation = &req.conversation_id;
+        let stored = turns::store(db, key, conversation, &meta.key_id, &turn, &record)
             .await
             .map_err(|e| status_from_state(&e))?;
-        tracing::debug!(conversation_id = %req.conversation_id, "turn stored");
+        tracing::debug!(conversation_id = %conversation, stored, "turn persisted");
         Ok(())
     }
 }
