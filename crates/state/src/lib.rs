@@ -3,9 +3,12 @@
 //! Two traits, each with two backends chosen by configuration:
 //! - [`Database`]: durable records (keys, conversations, documents, datasets,
 //!   usage, idempotency). Postgres in a cluster, SQLite in the embedded mode.
-//! - [`Hot`]: shared counters and caches (rate limits, budgets, key cache).
-//!   Redis in a cluster, process memory in the embedded mode.
+//! - [`Hot`]: shared counters and caches (rate limits, budgets, key and
+//!   conversation caches). Redis in a cluster, process memory in the embedded
+//!   mode. [`State::connect`] puts the conversation cache in front of the
+//!   database, so `db.load_conversation` reads through it.
 
+mod cached;
 mod error;
 mod fts;
 mod hot;
@@ -16,12 +19,15 @@ mod sqlite;
 pub mod testing;
 mod values;
 
+pub use cached::CONVERSATION_CACHE_TTL;
 pub use error::StateError;
 pub use hot::memory::MemoryHot;
 pub use hot::redis::{RedisHot, DEFAULT_REDIS_TIMEOUT};
+pub use hot::KEY_HOLD;
 pub use model::*;
 
 use async_trait::async_trait;
+use chrono::NaiveDate;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +96,22 @@ pub trait Database: Send + Sync + 'static {
     // Usage ledger: one row per request id (a second insert is ignored).
     async fn record_usage(&self, usage: &UsageRecord) -> Result<()>;
     async fn usage_summary(&self, key_id: Option<&str>) -> Result<Vec<UsageSummary>>;
+    /// Usage per key and UTC day for the days `from..until` (`until` excluded),
+    /// optionally of one key. Backends answer from the ledger's indexes; this
+    /// default filters the full summary.
+    async fn usage_between(
+        &self,
+        key_id: Option<&str>,
+        from: NaiveDate,
+        until: NaiveDate,
+    ) -> Result<Vec<UsageSummary>> {
+        let (from, until) = (from.to_string(), until.to_string());
+        let rows = self.usage_summary(key_id).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|row| row.day >= from && row.day < until)
+            .collect())
+    }
 
     // Idempotency records.
     /// Claims `key` for `key_id`. Returns the stored response when one exists,
@@ -136,8 +158,32 @@ pub trait Hot: Send + Sync + 'static {
     /// Key-lookup cache by secret hash, with a short TTL.
     async fn cache_key(&self, secret_hash: &str, key: &ApiKey, ttl: Duration) -> Result<()>;
     async fn cached_key(&self, secret_hash: &str) -> Result<Option<ApiKey>>;
-    /// Removes a key from every replica's cache (revoke, rotate).
+    /// Removes one cached entry, by the hash it was cached under.
     async fn invalidate_key(&self, secret_hash: &str) -> Result<()>;
+    /// Removes every cached entry of key `key_id`, whatever secret it was
+    /// cached under, from the shared cache and every replica's memory (revoke,
+    /// rotate). For [`KEY_HOLD`] afterwards the key is not cached again, so a
+    /// lookup that read the database before the change cannot put it back.
+    async fn invalidate_key_id(&self, key_id: &str) -> Result<()>;
+
+    /// Conversation cache in front of the database. The default caches nothing.
+    async fn cached_conversation(&self, _id: &str) -> Result<CachedConversation> {
+        Ok(CachedConversation::Miss { version: 0 })
+    }
+    /// Stores a copy read from the database, unless the conversation was
+    /// invalidated since `version` was read (see [`CachedConversation::Miss`]).
+    async fn cache_conversation(
+        &self,
+        _conversation: &Conversation,
+        _version: u64,
+        _ttl: Duration,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// Drops the cached copy and bumps the version (after an append or a delete).
+    async fn invalidate_conversation(&self, _id: &str) -> Result<()> {
+        Ok(())
+    }
 
     /// True while a shared backend is unreachable and calls are served from
     /// this process's memory instead (for metrics and logs).
@@ -162,10 +208,19 @@ impl State {
 
     /// [`State::connect`] with a chosen bound on each Redis call.
     pub async fn connect_with(cfg: &StateConfig, redis_timeout: Duration) -> Result<State> {
+        Self::connect_tuned(cfg, redis_timeout, &PoolSettings::from_env()?).await
+    }
+
+    /// [`State::connect`] with a chosen Redis bound and Postgres pool.
+    pub async fn connect_tuned(
+        cfg: &StateConfig,
+        redis_timeout: Duration,
+        pool: &PoolSettings,
+    ) -> Result<State> {
         let url = cfg.database_url.as_str();
         let db: Arc<dyn Database> =
             if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                Arc::new(pg::PgDatabase::connect(url).await?)
+                Arc::new(pg::PgDatabase::connect(url, pool).await?)
             } else if url.starts_with("sqlite:") {
                 Arc::new(sqlite::SqliteDatabase::connect(url).await?)
             } else {
@@ -183,6 +238,7 @@ impl State {
             )?),
             None => Arc::new(MemoryHot::new()),
         };
+        let db: Arc<dyn Database> = Arc::new(cached::CachedDatabase::new(db, hot.clone()));
         tracing::info!(
             database = db.backend(),
             hot = hot.backend(),
@@ -213,6 +269,69 @@ impl StateConfig {
             redis_prefix: "agentmesh:".into(),
         }
     }
+}
+
+/// The Postgres connection pool of one process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    /// Connections per process; replicas x this must stay under the server's
+    /// `max_connections`.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it gets
+    /// [`StateError::Unavailable`]: an exhausted pool or a database that does
+    /// not answer must fail fast (503), not hang.
+    pub acquire_timeout: Duration,
+    /// Idle connections are closed after this long.
+    pub idle_timeout: Duration,
+    /// Connections are replaced after this long, so that a failover or a
+    /// load balancer's change reaches every connection.
+    pub max_lifetime: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(300),
+            max_lifetime: Duration::from_secs(1800),
+        }
+    }
+}
+
+impl PoolSettings {
+    /// Defaults, overridden by `AGENTMESH_DATABASE_MAX_CONNECTIONS` and
+    /// `AGENTMESH_DATABASE_ACQUIRE_TIMEOUT_MS` when set.
+    pub fn from_env() -> Result<Self> {
+        let mut settings = Self::default();
+        if let Some(n) = env_number("AGENTMESH_DATABASE_MAX_CONNECTIONS")? {
+            settings.max_connections =
+                u32::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| {
+                    StateError::Invalid(
+                        "AGENTMESH_DATABASE_MAX_CONNECTIONS must be between 1 and 4294967295"
+                            .into(),
+                    )
+                })?;
+        }
+        if let Some(ms) = env_number("AGENTMESH_DATABASE_ACQUIRE_TIMEOUT_MS")? {
+            settings.acquire_timeout = Duration::from_millis(ms.max(1));
+        }
+        Ok(settings)
+    }
+}
+
+fn env_number(name: &str) -> Result<Option<u64>> {
+    match std::env::var(name) {
+        Ok(raw) => raw.trim().parse().map(Some).map_err(|_| {
+            StateError::Invalid(format!("{name} must be a whole number, got {raw:?}"))
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Midnight UTC of `day`, the start of a ledger day.
+pub(crate) fn day_start(day: NaiveDate) -> chrono::DateTime<chrono::Utc> {
+    day.and_time(chrono::NaiveTime::MIN).and_utc()
 }
 
 /// SHA-256 of an API key secret, hex encoded: the only form that is stored.

@@ -213,3 +213,15 @@ pub struct RateDecision {
     /// When denied: which limit (`requests` or `tokens`).
     pub limited_by: Option<&'static str>,
 }
+
+/// What the conversation cache holds for one id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CachedConversation {
+    Hit(Conversation),
+    /// Not cached. `version` is the conversation's invalidation count as read
+    /// now: a copy loaded from the database after this read may be cached
+    /// with it, and is refused when an append has bumped it meanwhile.
+    Miss {
+        version: u64,
+    },
+}

@@ -1,8 +1,10 @@
 //! In-process [`Hot`]: per-replica counters and cache, for the embedded mode
 //! and as the Redis backend's fallback.
 
-use super::{decision, refusal, unlimited, WindowState, WINDOW};
-use crate::{ApiKey, Hot, RateDecision, RateLimits, Result};
+use super::{
+    decision, refusal, unlimited, WindowState, CONVERSATION_VERSION_TTL, KEY_HOLD, WINDOW,
+};
+use crate::{ApiKey, CachedConversation, Conversation, Hot, RateDecision, RateLimits, Result};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -22,6 +24,11 @@ struct Inner {
     windows: HashMap<String, Window>,
     spend: HashMap<String, f64>,
     keys: HashMap<String, (ApiKey, Instant)>,
+    /// Key id -> until when it may not be cached (see [`KEY_HOLD`]).
+    held_keys: HashMap<String, Instant>,
+    conversations: HashMap<String, (Conversation, Instant)>,
+    /// Conversation id -> (version, when it was last bumped).
+    versions: HashMap<String, (u64, Instant)>,
 }
 
 struct Window {
@@ -120,8 +127,18 @@ impl MemoryHot {
     pub(crate) fn put_key(&self, secret_hash: &str, key: &ApiKey, ttl: Duration) {
         let now = Instant::now();
         let mut inner = self.lock();
+        if inner
+            .held_keys
+            .get(&key.id)
+            .is_some_and(|until| *until > now)
+        {
+            return;
+        }
         if inner.keys.len() > SWEEP_ABOVE {
             inner.keys.retain(|_, (_, until)| *until > now);
+        }
+        if inner.held_keys.len() > SWEEP_ABOVE {
+            inner.held_keys.retain(|_, until| *until > now);
         }
         inner
             .keys
@@ -143,6 +160,66 @@ impl MemoryHot {
 
     pub(crate) fn drop_key(&self, secret_hash: &str) {
         self.lock().keys.remove(secret_hash);
+    }
+
+    /// Drops every entry of key `key_id` and holds it out of the cache for [`KEY_HOLD`].
+    pub(crate) fn drop_key_id(&self, key_id: &str) {
+        let mut inner = self.lock();
+        inner.keys.retain(|_, (key, _)| key.id != key_id);
+        inner
+            .held_keys
+            .insert(key_id.to_owned(), Instant::now() + KEY_HOLD);
+    }
+
+    /// Forgets every cached key (after missing invalidations, for instance).
+    pub(crate) fn clear_keys(&self) {
+        self.lock().keys.clear();
+    }
+
+    pub(crate) fn get_conversation(&self, id: &str) -> CachedConversation {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if let Some((conversation, until)) = inner.conversations.get(id) {
+            if *until > now {
+                return CachedConversation::Hit(conversation.clone());
+            }
+            inner.conversations.remove(id);
+        }
+        let version = inner.versions.get(id).map_or(0, |(v, _)| *v);
+        CachedConversation::Miss { version }
+    }
+
+    pub(crate) fn put_conversation(
+        &self,
+        conversation: &Conversation,
+        version: u64,
+        ttl: Duration,
+    ) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let current = inner.versions.get(&conversation.id).map_or(0, |(v, _)| *v);
+        if current != version {
+            return;
+        }
+        if inner.conversations.len() > SWEEP_ABOVE {
+            inner.conversations.retain(|_, (_, until)| *until > now);
+        }
+        inner
+            .conversations
+            .insert(conversation.id.clone(), (conversation.clone(), now + ttl));
+    }
+
+    pub(crate) fn bump_conversation(&self, id: &str) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.conversations.remove(id);
+        if inner.versions.len() > SWEEP_ABOVE {
+            inner
+                .versions
+                .retain(|_, (_, at)| now.duration_since(*at) < CONVERSATION_VERSION_TTL);
+        }
+        let entry = inner.versions.entry(id.to_owned()).or_insert((0, now));
+        *entry = (entry.0 + 1, now);
     }
 }
 
@@ -194,6 +271,30 @@ impl Hot for MemoryHot {
 
     async fn invalidate_key(&self, secret_hash: &str) -> Result<()> {
         self.drop_key(secret_hash);
+        Ok(())
+    }
+
+    async fn invalidate_key_id(&self, key_id: &str) -> Result<()> {
+        self.drop_key_id(key_id);
+        Ok(())
+    }
+
+    async fn cached_conversation(&self, id: &str) -> Result<CachedConversation> {
+        Ok(self.get_conversation(id))
+    }
+
+    async fn cache_conversation(
+        &self,
+        conversation: &Conversation,
+        version: u64,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.put_conversation(conversation, version, ttl);
+        Ok(())
+    }
+
+    async fn invalidate_conversation(&self, id: &str) -> Result<()> {
+        self.bump_conversation(id);
         Ok(())
     }
 }

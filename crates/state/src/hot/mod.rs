@@ -11,6 +11,14 @@ use std::time::Duration;
 /// both backends); the next request after that opens a fresh one.
 pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 
+/// After a key is invalidated by id, how long it is refused by the key cache:
+/// longer than any database lookup that may have started before the change.
+pub const KEY_HOLD: Duration = Duration::from_secs(10);
+
+/// How long a conversation's version outlives its last bump: longer than any
+/// load that read the version before it.
+pub(crate) const CONVERSATION_VERSION_TTL: Duration = Duration::from_secs(600);
+
 /// Counts of one window after a check, and whether the check passed.
 pub(crate) struct WindowState {
     pub allowed: bool,

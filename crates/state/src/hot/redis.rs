@@ -7,15 +7,25 @@
 //! once per [`PROBE_INTERVAL`]; other calls go straight to memory, so an
 //! outage costs no latency. Spend added while degraded stays in memory and is
 //! not replayed to Redis (the database's ledger remains the record).
+//!
+//! Key invalidations by id are also published on a channel: every replica
+//! drops its in-process copies of that key (entries cached in memory while
+//! Redis was unreachable), and clears them all when its subscription
+//! reconnects, since it may have missed messages. Conversation
+//! invalidations that fail are retried once Redis answers again.
 
 use super::memory::MemoryHot;
-use super::{decision, unlimited, WindowState, WINDOW};
-use crate::{ApiKey, Hot, RateDecision, RateLimits, Result, StateError};
+use super::{decision, unlimited, WindowState, CONVERSATION_VERSION_TTL, KEY_HOLD, WINDOW};
+use crate::{
+    ApiKey, CachedConversation, Conversation, Hot, RateDecision, RateLimits, Result, StateError,
+};
 use async_trait::async_trait;
+use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Default bound on one Redis call.
@@ -60,16 +70,78 @@ if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) 
 return 1
 ";
 
+/// Caches a key unless it is held after an invalidation, and indexes the
+/// entry under the key's id. KEYS: entry, id index, hold. ARGV: json, ttl ms.
+const CACHE_KEY_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('SADD', KEYS[2], KEYS[1])
+if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1
+";
+
+/// Deletes every entry indexed under a key id, holds the id out of the
+/// cache, and tells every replica. KEYS: id index, hold.
+/// ARGV: hold ms, channel, key id. The entries' names come from the index,
+/// so this script needs a single Redis (not a cluster).
+const INVALIDATE_ID_SCRIPT: &str = r"
+local entries = redis.call('SMEMBERS', KEYS[1])
+for _, entry in ipairs(entries) do redis.call('DEL', entry) end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], 1, 'PX', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return #entries
+";
+
+/// Stores a conversation only if its version did not move since it was read.
+/// KEYS: entry, version. ARGV: json, version read, ttl ms.
+const CACHE_CONVERSATION_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[2]) or '0'
+if current ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+";
+
+/// Drops a cached conversation and bumps its version. KEYS: entry, version.
+/// ARGV: version ttl ms.
+const BUMP_CONVERSATION_SCRIPT: &str = r"
+redis.call('DEL', KEYS[1])
+local v = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return v
+";
+
+/// Conversation ids whose invalidation failed, kept for a retry; beyond this
+/// many the oldest state is only bounded by the cache TTL.
+const MAX_PENDING: usize = 10_000;
+
 pub struct RedisHot {
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
-    fallback: MemoryHot,
+    fallback: Arc<MemoryHot>,
     degraded: AtomicBool,
     /// While degraded: no Redis call before this instant.
     next_probe: Mutex<Instant>,
+    /// Conversations whose invalidation did not reach Redis.
+    pending: Mutex<HashSet<String>>,
+    /// Drops in-process key copies when another replica invalidates a key.
+    listener: Option<tokio::task::AbortHandle>,
     rate_script: redis::Script,
     tokens_script: redis::Script,
+    cache_key_script: redis::Script,
+    invalidate_id_script: redis::Script,
+    cache_conversation_script: redis::Script,
+    bump_conversation_script: redis::Script,
+}
+
+impl Drop for RedisHot {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
+    }
 }
 
 impl RedisHot {
@@ -83,17 +155,35 @@ impl RedisHot {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| StateError::Invalid(format!("redis client: {e}")))?;
+        let fallback = Arc::new(MemoryHot::new());
+        let channel = format!("{prefix}key-invalidations");
+        let listener = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let task = listen(client, channel, fallback.clone(), timeout);
+                Some(runtime.spawn(task).abort_handle())
+            }
+            Err(_) => {
+                tracing::warn!("no tokio runtime: key invalidations from other replicas unheard");
+                None
+            }
+        };
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
             timeout,
-            fallback: MemoryHot::new(),
+            fallback,
             degraded: AtomicBool::new(false),
             next_probe: Mutex::new(Instant::now()),
+            pending: Mutex::new(HashSet::new()),
+            listener,
             rate_script: redis::Script::new(RATE_SCRIPT),
             tokens_script: redis::Script::new(TOKENS_SCRIPT),
+            cache_key_script: redis::Script::new(CACHE_KEY_SCRIPT),
+            invalidate_id_script: redis::Script::new(INVALIDATE_ID_SCRIPT),
+            cache_conversation_script: redis::Script::new(CACHE_CONVERSATION_SCRIPT),
+            bump_conversation_script: redis::Script::new(BUMP_CONVERSATION_SCRIPT),
         })
     }
 
@@ -309,16 +399,19 @@ impl Hot for RedisHot {
     async fn cache_key(&self, secret_hash: &str, key: &ApiKey, ttl: Duration) -> Result<()> {
         let json = serde_json::to_string(key)
             .map_err(|e| StateError::Internal(format!("api key to json: {e}")))?;
-        let redis_key = self.key("key", secret_hash);
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let keys = [
+            self.key("key", secret_hash),
+            self.key("keyid", &key.id),
+            self.key("keyhold", &key.id),
+        ];
+        let millis = millis(ttl);
         let done = self
             .call("cache_key", |mut conn| async move {
-                redis::cmd("SET")
-                    .arg(redis_key)
+                self.cache_key_script
+                    .key(&keys[..])
                     .arg(json)
-                    .arg("PX")
                     .arg(millis)
-                    .query_async::<()>(&mut conn)
+                    .invoke_async::<i64>(&mut conn)
                     .await
             })
             .await;
@@ -358,7 +451,181 @@ impl Hot for RedisHot {
         Ok(())
     }
 
+    async fn invalidate_key_id(&self, key_id: &str) -> Result<()> {
+        self.fallback.drop_key_id(key_id);
+        let keys = [self.key("keyid", key_id), self.key("keyhold", key_id)];
+        let channel = self.channel();
+        let done = self
+            .call("invalidate_key_id", |mut conn| async move {
+                self.invalidate_id_script
+                    .key(&keys[..])
+                    .arg(millis(KEY_HOLD))
+                    .arg(channel)
+                    .arg(key_id)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+        match done {
+            Some(_) => Ok(()),
+            None => Err(StateError::Unavailable {
+                backend: "redis",
+                message: format!("key {key_id} not invalidated in other replicas"),
+            }),
+        }
+    }
+
+    async fn cached_conversation(&self, id: &str) -> Result<CachedConversation> {
+        self.retry_pending().await;
+        let keys = [self.key("conv", id), self.key("convver", id)];
+        let found = self
+            .call("cached_conversation", |mut conn| async move {
+                redis::cmd("MGET")
+                    .arg(&keys[..])
+                    .query_async::<(Option<String>, Option<u64>)>(&mut conn)
+                    .await
+            })
+            .await;
+        // Unreachable: a miss that can never be stored (no version matches u64::MAX).
+        let Some((json, version)) = found else {
+            return Ok(CachedConversation::Miss { version: u64::MAX });
+        };
+        let cached = json.and_then(|j| serde_json::from_str::<Conversation>(&j).ok());
+        Ok(match cached {
+            Some(conversation) => CachedConversation::Hit(conversation),
+            None => CachedConversation::Miss {
+                version: version.unwrap_or(0),
+            },
+        })
+    }
+
+    async fn cache_conversation(
+        &self,
+        conversation: &Conversation,
+        version: u64,
+        ttl: Duration,
+    ) -> Result<()> {
+        if version == u64::MAX {
+            return Ok(());
+        }
+        let json = serde_json::to_string(conversation)
+            .map_err(|e| StateError::Internal(format!("conversation to json: {e}")))?;
+        let keys = [
+            self.key("conv", &conversation.id),
+            self.key("convver", &conversation.id),
+        ];
+        self.call("cache_conversation", |mut conn| async move {
+            self.cache_conversation_script
+                .key(&keys[..])
+                .arg(json)
+                .arg(version.to_string())
+                .arg(millis(ttl))
+                .invoke_async::<i64>(&mut conn)
+                .await
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn invalidate_conversation(&self, id: &str) -> Result<()> {
+        if !self.bump_conversation(id).await {
+            self.remember_pending(id);
+        }
+        Ok(())
+    }
+
     fn degraded(&self) -> bool {
         RedisHot::degraded(self)
+    }
+}
+
+impl RedisHot {
+    fn channel(&self) -> String {
+        format!("{}key-invalidations", self.prefix)
+    }
+
+    /// True when Redis dropped the cached copy and bumped the version.
+    async fn bump_conversation(&self, id: &str) -> bool {
+        let keys = [self.key("conv", id), self.key("convver", id)];
+        self.call("invalidate_conversation", |mut conn| async move {
+            self.bump_conversation_script
+                .key(&keys[..])
+                .arg(millis(CONVERSATION_VERSION_TTL))
+                .invoke_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .is_some()
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn remember_pending(&self, id: &str) {
+        let mut pending = self.pending();
+        if pending.len() < MAX_PENDING {
+            pending.insert(id.to_owned());
+        }
+    }
+
+    /// Retries invalidations that failed, once Redis answers again.
+    async fn retry_pending(&self) {
+        if self.should_skip() {
+            return;
+        }
+        let ids: Vec<String> = self.pending().drain().collect();
+        for (i, id) in ids.iter().enumerate() {
+            if !self.bump_conversation(id).await {
+                for id in &ids[i..] {
+                    self.remember_pending(id);
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Listens for key invalidations from every replica until aborted,
+/// reconnecting after failures; each (re)subscription clears the in-process
+/// key copies, since messages sent while disconnected are lost.
+async fn listen(
+    client: redis::Client,
+    channel: String,
+    fallback: Arc<MemoryHot>,
+    timeout: Duration,
+) {
+    let mut connected = true;
+    loop {
+        let subscribe = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            redis::RedisResult::Ok(pubsub)
+        };
+        match tokio::time::timeout(timeout.max(Duration::from_secs(1)), subscribe).await {
+            Ok(Ok(pubsub)) => {
+                fallback.clear_keys();
+                connected = true;
+                tracing::debug!(%channel, "listening for key invalidations");
+                let mut messages = pubsub.into_on_message();
+                while let Some(msg) = messages.next().await {
+                    if let Ok(key_id) = msg.get_payload::<String>() {
+                        fallback.drop_key_id(&key_id);
+                    }
+                }
+            }
+            Ok(Err(error)) if connected => {
+                tracing::debug!(%error, "key invalidation subscription failed");
+                connected = false;
+            }
+            _ => connected = false,
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }

@@ -4,6 +4,7 @@ use super::{PgDatabase, BACKEND};
 use crate::sqlerr::map;
 use crate::STALE_CLAIM_SECS;
 use crate::{IdempotencyClaim, Result, StateError, StoredResponse, UsageRecord, UsageSummary};
+use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::Row;
 
@@ -42,18 +43,23 @@ impl PgDatabase {
         tx.commit().await.map_err(map(BACKEND))
     }
 
-    pub(super) async fn summary(&self, key_id: Option<&str>) -> Result<Vec<UsageSummary>> {
-        let rows = sqlx::query(
-            "SELECT key_id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, \
-             COUNT(*) AS requests, SUM(prompt_tokens)::int8 AS prompt, \
-             SUM(completion_tokens)::int8 AS completion, SUM(cost_usd)::float8 AS cost \
-             FROM usage WHERE ($1::text IS NULL OR key_id = $1) \
-             GROUP BY key_id, day ORDER BY day, key_id",
-        )
-        .bind(key_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map(BACKEND))?;
+    /// Per key and UTC day, optionally of one key and within `[from, until)`.
+    /// Each filter is a plain predicate (no `$1 IS NULL OR …`), so that even a
+    /// generic plan of the prepared statement can use the ledger's indexes.
+    pub(super) async fn summary(
+        &self,
+        key_id: Option<&str>,
+        range: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    ) -> Result<Vec<UsageSummary>> {
+        let sql = summary_sql(key_id.is_some(), range.is_some());
+        let mut query = sqlx::query(&sql);
+        if let Some(key_id) = key_id {
+            query = query.bind(key_id);
+        }
+        if let Some((from, until)) = range {
+            query = query.bind(from).bind(until);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(map(BACKEND))?;
         rows.iter()
             .map(|r| {
                 let count = |col: &str| -> Result<u64, sqlx::Error> {
@@ -133,4 +139,31 @@ impl PgDatabase {
         .map_err(map(BACKEND))?;
         Ok(())
     }
+}
+
+/// The ledger summary statement: parameters are the key id (when `by_key`),
+/// then the range's start and end (when `ranged`).
+pub(crate) fn summary_sql(by_key: bool, ranged: bool) -> String {
+    let mut filters = Vec::new();
+    if by_key {
+        filters.push("key_id = $1".to_owned());
+    }
+    if ranged {
+        let first = if by_key { 2 } else { 1 };
+        filters.push(format!(
+            "created_at >= ${first} AND created_at < ${}",
+            first + 1
+        ));
+    }
+    let filter = if filters.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", filters.join(" AND "))
+    };
+    format!(
+        "SELECT key_id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, \
+         COUNT(*) AS requests, SUM(prompt_tokens)::int8 AS prompt, \
+         SUM(completion_tokens)::int8 AS completion, SUM(cost_usd)::float8 AS cost \
+         FROM usage {filter} GROUP BY key_id, day ORDER BY day, key_id"
+    )
 }

@@ -7,8 +7,8 @@ mod ledger;
 use crate::sqlerr::map;
 use crate::{
     ApiKey, Conversation, Database, DatasetInfo, DocumentInfo, IdempotencyClaim, NewApiKey,
-    NewChunk, NewDocument, NewMessage, QueryResult, Result, ScoredChunk, StateError, StoredMessage,
-    StoredResponse, TableData, UsageRecord, UsageSummary,
+    NewChunk, NewDocument, NewMessage, PoolSettings, QueryResult, Result, ScoredChunk, StateError,
+    StoredMessage, StoredResponse, TableData, UsageRecord, UsageSummary,
 };
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -20,9 +20,6 @@ const BACKEND: &str = "postgres";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
-/// Connections per process: agents hold few concurrent transactions each.
-const MAX_CONNECTIONS: u32 = 16;
-
 pub(crate) struct PgDatabase {
     pool: PgPool,
     /// True when `agentmesh_datasets_reader` exists and the login role may assume it.
@@ -30,14 +27,16 @@ pub(crate) struct PgDatabase {
 }
 
 impl PgDatabase {
-    pub(crate) async fn connect(url: &str) -> Result<Self> {
+    pub(crate) async fn connect(url: &str, settings: &PoolSettings) -> Result<Self> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StateError::Invalid(format!("invalid postgres url: {e}")))?
             .log_statements(tracing::log::LevelFilter::Debug)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .idle_timeout(settings.idle_timeout)
+            .max_lifetime(settings.max_lifetime)
             .connect_with(options)
             .await
             .map_err(|e| StateError::Unavailable {
@@ -347,7 +346,17 @@ impl Database for PgDatabase {
     }
 
     async fn usage_summary(&self, key_id: Option<&str>) -> Result<Vec<UsageSummary>> {
-        self.summary(key_id).await
+        self.summary(key_id, None).await
+    }
+
+    async fn usage_between(
+        &self,
+        key_id: Option<&str>,
+        from: chrono::NaiveDate,
+        until: chrono::NaiveDate,
+    ) -> Result<Vec<UsageSummary>> {
+        let range = (crate::day_start(from), crate::day_start(until));
+        self.summary(key_id, Some(range)).await
     }
 
     async fn claim_idempotency(&self, key_id: &str, key: &str) -> Result<IdempotencyClaim> {

@@ -4,7 +4,7 @@ use super::{ts, SqliteDatabase, BACKEND};
 use crate::sqlerr::map;
 use crate::STALE_CLAIM_SECS;
 use crate::{IdempotencyClaim, Result, StateError, StoredResponse, UsageRecord, UsageSummary};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::Row;
 
@@ -47,17 +47,39 @@ impl SqliteDatabase {
         tx.commit().await.map_err(map(BACKEND))
     }
 
-    pub(super) async fn summary(&self, key_id: Option<&str>) -> Result<Vec<UsageSummary>> {
-        let rows = sqlx::query(
+    /// Per key and UTC day, optionally of one key and within `[from, until)`
+    /// (timestamps are fixed-width text, so ranges compare as strings).
+    pub(super) async fn summary(
+        &self,
+        key_id: Option<&str>,
+        range: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    ) -> Result<Vec<UsageSummary>> {
+        let mut filters = Vec::new();
+        if key_id.is_some() {
+            filters.push("key_id = ?");
+        }
+        if range.is_some() {
+            filters.push("created_at >= ? AND created_at < ?");
+        }
+        let filter = if filters.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", filters.join(" AND "))
+        };
+        let sql = format!(
             "SELECT key_id, substr(created_at, 1, 10) AS day, COUNT(*) AS requests, \
              SUM(prompt_tokens) AS prompt, SUM(completion_tokens) AS completion, \
-             TOTAL(cost_usd) AS cost FROM usage WHERE (?1 IS NULL OR key_id = ?1) \
-             GROUP BY key_id, day ORDER BY day, key_id",
-        )
-        .bind(key_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map(BACKEND))?;
+             TOTAL(cost_usd) AS cost FROM usage {filter} \
+             GROUP BY key_id, day ORDER BY day, key_id"
+        );
+        let mut query = sqlx::query(&sql);
+        if let Some(key_id) = key_id {
+            query = query.bind(key_id);
+        }
+        if let Some((from, until)) = range {
+            query = query.bind(ts(from)).bind(ts(until));
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(map(BACKEND))?;
         rows.iter()
             .map(|r| {
                 let count = |col: &str| -> Result<u64, sqlx::Error> {

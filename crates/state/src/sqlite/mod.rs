@@ -399,7 +399,17 @@ impl Database for SqliteDatabase {
     }
 
     async fn usage_summary(&self, key_id: Option<&str>) -> Result<Vec<UsageSummary>> {
-        self.summary(key_id).await
+        self.summary(key_id, None).await
+    }
+
+    async fn usage_between(
+        &self,
+        key_id: Option<&str>,
+        from: chrono::NaiveDate,
+        until: chrono::NaiveDate,
+    ) -> Result<Vec<UsageSummary>> {
+        let range = (crate::day_start(from), crate::day_start(until));
+        self.summary(key_id, Some(range)).await
     }
 
     async fn claim_idempotency(&self, key_id: &str, key: &str) -> Result<IdempotencyClaim> {
