@@ -4,6 +4,8 @@
 mod batch;
 mod client;
 mod commands;
+mod model;
+mod eval;
 mod probe;
 mod up;
 
@@ -82,6 +84,11 @@ pub enum Command {
         #[command(subcommand)]
         command: batch::BatchCommand,
     },
+    /// Measure agents against questions with known answers.
+    Eval {
+        #[command(subcommand)]
+        command: eval::EvalCommand,
+    },
     /// Exit 0 when a service is healthy: `http://host:port/health` or `grpc://host:port`.
     Probe { url: String },
 }
@@ -94,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data { command, client } => commands::data(command, client).await,
         Command::Chat(args) => commands::chat(args).await,
         Command::Batch { command } => batch::batch(command).await,
+        Command::Eval { command } => eval::run(command).await,
         Command::Probe { url } => probe::probe(&url).await,
     }
 }

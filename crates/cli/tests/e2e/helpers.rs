@@ -115,3 +115,21 @@ pub fn python() -> String {
     );
     python
 }
+
+/// The local model file: AGENTMESH_LOCAL_MODEL, or fetched by scripts/fetch-model.sh
+/// (which `cargo xtask test` runs first).
+pub fn local_model() -> PathBuf {
+    if let Some(path) = std::env::var_os("AGENTMESH_LOCAL_MODEL") {
+        return PathBuf::from(path);
+    }
+    let output = Command::new("bash")
+        .arg(repo_root().join("scripts/fetch-model.sh"))
+        .current_dir(repo_root())
+        .output()
+        .expect("run scripts/fetch-model.sh");
+    assert!(output.status.success(), "fetch-model.sh failed: {output:?}");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let path = repo_root().join(printed.lines().last().unwrap_or("").trim());
+    assert!(path.is_file(), "fetch-model.sh printed no model path: {printed}");
+    path
+}

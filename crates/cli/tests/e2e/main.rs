@@ -27,6 +27,7 @@ async fn embedded_mode_in_one_process() {
         database_url: None,
         redis_url: None,
         redis_prefix: "unused:".into(),
+        llm: "mock".into(),
         mock_script: None,
         quiet: true,
     };
@@ -91,4 +92,46 @@ async fn distributed_processes_on_postgres_and_redis() {
     run_flows(&api, "postgres").await;
     drop(procs);
     db.cleanup().await;
+}
+
+/// With no provider configured, `agentmesh up` answers with the local model, streamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_default_answers_with_the_local_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = agentmesh_cli::UpOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().to_path_buf(),
+        database_url: None,
+        redis_url: None,
+        redis_prefix: "unused:".into(),
+        llm: "local".into(),
+        mock_script: None,
+        quiet: true,
+    };
+    std::env::set_var("AGENTMESH_LOCAL_MODEL", helpers::local_model());
+    let running = agentmesh_cli::start(&options).await.expect("start");
+    let key = running.new_admin_key.clone().expect("admin key");
+    let api = Api::new(&running.gateway_url, &key);
+
+    let (status, models) = api.call("GET", "/v1/models", None).await;
+    assert_eq!(status, 200, "{models}");
+    assert_eq!(models["data"][0]["llm_model"], "SmolLM2-135M-Instruct", "{models}");
+
+    let body = serde_json::json!({"model": "chat", "stream": true, "max_tokens": 12,
+        "temperature": 0, "messages": [{"role": "user", "content": "Say hello."}]});
+    let response = api
+        .http
+        .post(format!("{}/v1/chat/completions", api.base))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    let content = flows::streamed_content(&text);
+    assert!(!content.trim().is_empty(), "no generated text: {text}");
+    assert!(!content.contains("mock"), "{content}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    running.shutdown().await.expect("clean shutdown");
 }
