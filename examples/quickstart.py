@@ -32,7 +32,8 @@ def main() -> None:
 
     models = {m.id: getattr(m, "llm_model", None) for m in client.models.list()}
     print("agents:", models)
-    on_mock = models.get("data") == "mock-llm"
+    # The mock cannot write SQL and the small local model writes it poorly.
+    weak_model = models.get("data") in ("mock-llm", "SmolLM2-135M-Instruct")
 
     print("\n== chat (with memory) ==")
     first = client.chat.completions.create(
@@ -61,11 +62,10 @@ def main() -> None:
     print(answer.choices[0].message.content)
 
     print("\n== data (SQL over the Northwind tables) ==")
-    # A mock provider cannot write SQL, so on the mock the question is the SQL itself;
-    # with a real model, ask in plain words.
+    # With a weak model the question is the SQL itself; with a real model, plain words.
     question = (
         "SELECT round(sum(unit_price*quantity*(1-discount)), 2) AS revenue FROM order_details"
-        if on_mock
+        if weak_model
         else "What is the total revenue over all order lines, after discounts?"
     )
     stream = client.chat.completions.create(
