@@ -21,7 +21,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    agentmesh_telemetry::init("mock-llm");
+    let _telemetry = agentmesh_telemetry::init("mock-llm");
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,27 +1,119 @@
-//! Logging set-up shared by every agentmesh binary.
+//! Logs, traces and metrics set-up shared by every agentmesh binary.
 //!
-//! JSON lines when stderr is not a terminal (containers, CI), human-readable
-//! otherwise. The filter comes from `AGENTMESH_LOG`, then `RUST_LOG`, then `info`.
+//! - Logs: JSON lines when stderr is not a terminal (containers, CI), human-readable
+//!   otherwise; the filter comes from `AGENTMESH_LOG`, then `RUST_LOG`, then `info`.
+//! - Traces: OpenTelemetry spans exported over OTLP (gRPC or HTTP/protobuf) when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; the W3C
+//!   trace context travels in and out of every hop ([`propagation`]).
+//! - Metrics: one Prometheus registry per process, fed through the `metrics` facade and
+//!   rendered by [`metrics::render`]; gRPC servers count their calls with [`grpc`].
 
-use std::io::IsTerminal;
-use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+mod logs;
+mod otlp;
 
-/// Installs the global subscriber once; later calls are ignored, so tests and
-/// the embedded mode (several services in one process) can all call it.
-pub fn init(service: &'static str) {
-    let filter = std::env::var("AGENTMESH_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_string());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+pub mod grpc;
+pub mod metrics;
+pub mod propagation;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = if std::io::stderr().is_terminal() {
-        registry.with(fmt::layer().with_writer(std::io::stderr).compact()).try_init()
-    } else {
-        let json = fmt::layer().json().flatten_event(true).with_current_span(true);
-        registry.with(json.with_writer(std::io::stderr)).try_init()
+pub use otlp::{OtlpProtocol, OtlpSettings};
+
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tracing_subscriber::prelude::*;
+
+/// Set once the first [`init`] installed the global subscriber.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Keeps the trace exporter alive. [`Telemetry::shutdown`] (or dropping it) flushes the
+/// spans still buffered, so hold it until the process has stopped serving.
+#[must_use = "dropping the guard shuts tracing down: keep it until shutdown"]
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// True when spans are exported over OTLP.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Flushes buffered spans and stops the exporter (bounded by the exporter's timeout).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(provider) = self.provider.take() else {
+            return;
+        };
+        let flush = move || provider.shutdown();
+        let result = match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(flush)
+            }
+            _ => flush(),
+        };
+        match result {
+            Ok(()) => tracing::debug!("spans flushed"),
+            Err(error) => eprintln!("agentmesh: flushing spans failed: {error}"),
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Installs logging and, when configured, span export; also records the build info
+/// metric. Only the first call in a process installs anything (tests and the embedded
+/// mode run several services in one process); later calls return an inert guard.
+/// With gRPC export this must run inside a Tokio runtime.
+pub fn init(service: &'static str) -> Telemetry {
+    metrics::install();
+    metrics::record_build_info(service);
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return Telemetry::default();
+    }
+    propagation::install_propagator();
+
+    let (provider, otlp_problem) = match OtlpSettings::from_env() {
+        Ok(None) => (None, None),
+        Ok(Some(settings)) => match otlp::tracer_provider(&settings, service) {
+            Ok(provider) => (Some((provider, settings)), None),
+            Err(problem) => (None, Some(problem)),
+        },
+        Err(problem) => (None, Some(problem)),
     };
-    if result.is_ok() {
-        tracing::debug!(service, "telemetry initialised");
+    let otel_layer = provider.as_ref().map(|(p, _)| otlp::layer(p, service));
+    let installed = tracing_subscriber::registry()
+        .with(otel_layer)
+        .with(logs::layer())
+        .try_init()
+        .is_ok();
+
+    if let Some(problem) = otlp_problem {
+        tracing::warn!(service, %problem, "span export disabled");
+    }
+    let Some((provider, settings)) = provider else {
+        tracing::debug!(service, "telemetry initialised without span export");
+        return Telemetry::default();
+    };
+    if !installed {
+        let _ = provider.shutdown();
+        return Telemetry::default();
+    }
+    tracing::info!(
+        service,
+        endpoint = %settings.endpoint,
+        protocol = settings.protocol.as_str(),
+        "exporting spans over otlp"
+    );
+    Telemetry {
+        provider: Some(provider),
     }
 }
