@@ -5,6 +5,10 @@ use agentmesh_state::{State, StateConfig};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Drain period of a stopping server when `AGENTMESH_DRAIN_SECONDS` is unset.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 
 /// The gRPC listen address: `AGENTMESH_GRPC_LISTEN` or the agent's default.
 pub fn listen_addr_from_env(default: &str) -> anyhow::Result<SocketAddr> {
@@ -40,6 +44,20 @@ pub fn llm_from_env() -> anyhow::Result<LlmClient> {
          AGENTMESH_LLM_API_KEY or AGENTMESH_LLM_API_KEY_FILE)",
     )?;
     LlmClient::new(config).context("invalid LLM configuration")
+}
+
+/// How long a stopping server lets in-flight calls run: `AGENTMESH_DRAIN_SECONDS`
+/// (default 30).
+pub fn drain_period_from_env() -> anyhow::Result<Duration> {
+    match std::env::var("AGENTMESH_DRAIN_SECONDS") {
+        Ok(raw) if !raw.trim().is_empty() => {
+            let seconds = raw.trim().parse::<u64>().with_context(|| {
+                format!("AGENTMESH_DRAIN_SECONDS must be a whole number of seconds, got {raw:?}")
+            })?;
+            Ok(Duration::from_secs(seconds))
+        }
+        _ => Ok(DEFAULT_DRAIN),
+    }
 }
 
 /// Resolves on ctrl-c or SIGTERM.

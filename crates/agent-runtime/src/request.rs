@@ -5,22 +5,28 @@ use agentmesh_llm::{ChatMessage, ToolCall};
 use agentmesh_proto::v1::{chat_event, ChatEvent, ContentDelta, Final, Message, Usage};
 use futures::Stream;
 use std::pin::Pin;
+use std::time::Duration;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::Status;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const KEY_ID_HEADER: &str = "x-agentmesh-key-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// The gRPC deadline header, `<digits><unit>` with unit one of H M S m u n.
+pub const TIMEOUT_HEADER: &str = "grpc-timeout";
 
 /// The stream type every agent's `Chat` returns.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, Status>> + Send + 'static>>;
 
-/// Caller identity carried in gRPC metadata, forwarded on calls to other agents.
+/// Caller identity and deadline carried in gRPC metadata, forwarded on calls to other
+/// agents (the deadline shrinks along the chain, so a tool call ends before its caller).
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
     pub request_id: String,
     pub key_id: String,
     pub traceparent: Option<String>,
+    /// When the caller gives up (from `grpc-timeout`); None: no deadline was sent.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 impl RequestMeta {
@@ -34,26 +40,58 @@ impl RequestMeta {
             request_id: get(REQUEST_ID_HEADER).unwrap_or_default(),
             key_id: get(KEY_ID_HEADER).unwrap_or_default(),
             traceparent: get(TRACEPARENT_HEADER),
+            deadline: get(TIMEOUT_HEADER)
+                .and_then(|raw| parse_grpc_timeout(&raw))
+                .map(|timeout| tokio::time::Instant::now() + timeout),
         }
     }
 
-    /// The span of one RPC, with the ids recorded on it.
+    /// Time left before the caller's deadline, if it sent one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|deadline| deadline.saturating_duration_since(tokio::time::Instant::now()))
+    }
+
+    /// The span of one RPC, with the ids recorded on it, a child of the caller's span
+    /// when `traceparent` names one.
     pub fn span(&self, agent: &'static str, rpc: &'static str) -> tracing::Span {
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "rpc",
+            otel.name = %format_args!("{agent} {rpc}"),
+            otel.kind = "server",
+            rpc.system = "grpc",
             agent,
             rpc,
             request_id = %self.request_id,
             key_id = %self.key_id,
-        )
+        );
+        let traceparent = self.traceparent.as_deref();
+        agentmesh_telemetry::propagation::set_parent_from_traceparent(&span, traceparent);
+        span
     }
 
-    /// Copies the ids onto an outgoing request's metadata (calls to other agents).
+    /// Copies the ids onto an outgoing request's metadata (calls to other agents), and
+    /// the remaining deadline, minus a margin so the callee gives up first.
     pub fn apply(&self, map: &mut MetadataMap) {
+        if let Some(remaining) = self.remaining() {
+            let margin = (remaining / 50).min(Duration::from_millis(500));
+            let millis = remaining
+                .saturating_sub(margin)
+                .as_millis()
+                .clamp(1, 99_999_999);
+            if let Ok(value) = MetadataValue::try_from(format!("{millis}m")) {
+                map.insert(TIMEOUT_HEADER, value);
+            }
+        }
+        // The current span's context when spans are exported, else the caller's.
+        let traceparent = match agentmesh_telemetry::propagation::inject_metadata(map) {
+            true => None,
+            false => self.traceparent.as_deref(),
+        };
         let pairs = [
             (REQUEST_ID_HEADER, Some(self.request_id.as_str())),
             (KEY_ID_HEADER, Some(self.key_id.as_str())),
-            (TRACEPARENT_HEADER, self.traceparent.as_deref()),
+            (TRACEPARENT_HEADER, traceparent),
         ];
         for (key, value) in pairs {
             let Some(value) = value.filter(|v| !v.is_empty()) else {
@@ -63,6 +101,26 @@ impl RequestMeta {
                 map.insert(key, value);
             }
         }
+    }
+}
+
+/// Parses a `grpc-timeout` value (at most 8 digits and a unit).
+pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let split = raw.len().checked_sub(1)?;
+    let (digits, unit) = raw.split_at(split);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    match unit {
+        "H" => Some(Duration::from_secs(value.saturating_mul(3600))),
+        "M" => Some(Duration::from_secs(value.saturating_mul(60))),
+        "S" => Some(Duration::from_secs(value)),
+        "m" => Some(Duration::from_millis(value)),
+        "u" => Some(Duration::from_micros(value)),
+        "n" => Some(Duration::from_nanos(value)),
+        _ => None,
     }
 }
 
@@ -207,5 +265,38 @@ mod tests {
         assert_eq!(outgoing.get(REQUEST_ID_HEADER).unwrap(), "req-1");
         assert_eq!(outgoing.get(KEY_ID_HEADER).unwrap(), "key-9");
         assert!(outgoing.get(TRACEPARENT_HEADER).is_none());
+        assert!(
+            outgoing.get(TIMEOUT_HEADER).is_none(),
+            "no deadline, none sent"
+        );
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(
+            parse_grpc_timeout("9800m"),
+            Some(Duration::from_millis(9800))
+        );
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "m", "12", "123456789m", "5x", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_deadline_shrinks_on_outgoing_calls() {
+        let mut incoming = MetadataMap::new();
+        incoming.insert(TIMEOUT_HEADER, "10S".parse().unwrap());
+        let meta = RequestMeta::from_metadata(&incoming);
+        let mut outgoing = MetadataMap::new();
+        meta.apply(&mut outgoing);
+        let sent = outgoing.get(TIMEOUT_HEADER).unwrap().to_str().unwrap();
+        let sent = parse_grpc_timeout(sent).unwrap();
+        assert!(
+            sent <= Duration::from_millis(9800),
+            "a margin is kept: {sent:?}"
+        );
+        assert!(sent >= Duration::from_millis(9000), "{sent:?}");
     }
 }

@@ -1,18 +1,36 @@
 //! The gRPC server every agent runs: its routes plus health and reflection.
 
+use crate::env::drain_period_from_env;
 use std::future::Future;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 /// Serves `routes` plus `grpc.health.v1.Health` (each of `served` set SERVING, then
-/// NOT_SERVING once `shutdown` resolves) and reflection, then drains in-flight calls.
+/// NOT_SERVING once `shutdown` resolves) and reflection, then drains in-flight calls
+/// for at most `AGENTMESH_DRAIN_SECONDS` (default 30).
 pub async fn serve_grpc(
     name: &'static str,
     listener: TcpListener,
     routes: tonic::service::Routes,
     served: &[&'static str],
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let drain = drain_period_from_env()?;
+    serve_grpc_draining(name, listener, routes, served, shutdown, drain).await
+}
+
+/// [`serve_grpc`] with an explicit drain period: once `shutdown` resolves, health says
+/// NOT_SERVING at once, no new connection is accepted, open streams run to their end
+/// for at most `drain`, then the server stops (cutting what still runs).
+pub async fn serve_grpc_draining(
+    name: &'static str,
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    served: &[&'static str],
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     for service in served {
@@ -25,9 +43,10 @@ pub async fn serve_grpc(
         .build_v1()?;
 
     let names: Vec<&'static str> = served.to_vec();
+    let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
     let stop = async move {
         shutdown.await;
-        tracing::info!(agent = name, "shutting down");
+        tracing::info!(agent = name, drain_seconds = drain.as_secs(), "draining");
         for service in names {
             reporter
                 .set_service_status(service, ServingStatus::NotServing)
@@ -36,16 +55,25 @@ pub async fn serve_grpc(
         reporter
             .set_service_status("", ServingStatus::NotServing)
             .await;
+        let _ = draining_tx.send(true);
+    };
+    let drain_over = async move {
+        let _ = draining_rx.wait_for(|draining| *draining).await;
+        tokio::time::sleep(drain).await;
     };
 
     let addr = listener.local_addr()?;
     tracing::info!(agent = name, %addr, "grpc listening");
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
+        .layer(agentmesh_telemetry::grpc::GrpcMetricsLayer::new(name))
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+    tokio::select! {
+        served = server => served?,
+        () = drain_over => tracing::warn!(agent = name, "drain period over, cutting calls"),
+    }
     tracing::info!(agent = name, "grpc stopped");
     Ok(())
 }

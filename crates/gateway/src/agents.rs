@@ -1,14 +1,12 @@
-//! gRPC clients of the agents, request metadata and the Status -> HTTP error mapping.
+//! Balanced gRPC pools of the agents, request metadata and the Status -> HTTP mapping.
 
 use crate::config::AgentEndpoints;
 use crate::error::{default_type, ApiError};
+use agentmesh_agent_runtime::balance::{AgentPool, PoolConfig};
 use agentmesh_proto::v1::agent_client::AgentClient;
-use agentmesh_proto::v1::data_client::DataClient;
-use agentmesh_proto::v1::search_client::SearchClient;
 use axum::http::StatusCode;
 use std::time::Duration;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -46,49 +44,39 @@ impl AgentName {
     }
 }
 
-/// Lazily connected channels; tonic reconnects them by itself after failures.
+/// One balanced pool per agent: every address behind its name, a concurrency limit.
 #[derive(Clone)]
 pub struct Agents {
-    chat: Channel,
-    search: Channel,
-    data: Channel,
+    chat: AgentPool,
+    search: AgentPool,
+    data: AgentPool,
 }
 
 impl Agents {
-    pub fn new(endpoints: &AgentEndpoints) -> anyhow::Result<Self> {
+    pub fn new(endpoints: &AgentEndpoints, pool: &PoolConfig) -> anyhow::Result<Self> {
+        let make = |agent: AgentName, url: &str| AgentPool::new(agent.as_str(), url, pool.clone());
         Ok(Self {
-            chat: channel(&endpoints.chat)?,
-            search: channel(&endpoints.search)?,
-            data: channel(&endpoints.data)?,
+            chat: make(AgentName::Chat, &endpoints.chat)?,
+            search: make(AgentName::Search, &endpoints.search)?,
+            data: make(AgentName::Data, &endpoints.data)?,
         })
     }
 
-    fn channel(&self, agent: AgentName) -> Channel {
+    pub fn pool(&self, agent: AgentName) -> &AgentPool {
         match agent {
-            AgentName::Chat => self.chat.clone(),
-            AgentName::Search => self.search.clone(),
-            AgentName::Data => self.data.clone(),
+            AgentName::Chat => &self.chat,
+            AgentName::Search => &self.search,
+            AgentName::Data => &self.data,
         }
-    }
-
-    pub fn agent(&self, agent: AgentName) -> AgentClient<Channel> {
-        AgentClient::new(self.channel(agent))
-    }
-
-    pub fn search(&self) -> SearchClient<Channel> {
-        SearchClient::new(self.search.clone())
-    }
-
-    pub fn data(&self) -> DataClient<Channel> {
-        DataClient::new(self.data.clone())
     }
 
     /// The LLM model an agent reports, or None when it does not answer in time.
     pub async fn describe_model(&self, agent: AgentName) -> Option<String> {
-        let mut request = tonic::Request::new(agentmesh_proto::v1::DescribeRequest {});
-        request.set_timeout(PROBE_TIMEOUT);
-        let mut client = self.agent(agent);
-        let call = client.describe(request);
+        let call = self.pool(agent).unary(|channel| async move {
+            let mut request = tonic::Request::new(agentmesh_proto::v1::DescribeRequest {});
+            request.set_timeout(PROBE_TIMEOUT);
+            AgentClient::new(channel).describe(request).await
+        });
         match tokio::time::timeout(PROBE_TIMEOUT, call).await {
             Ok(Ok(response)) => Some(response.into_inner().model),
             Ok(Err(status)) => {
@@ -99,34 +87,33 @@ impl Agents {
         }
     }
 
-    /// gRPC health of the agent's `agentmesh.v1.Agent` service: Ok or a reason.
+    /// gRPC health of the agent's `agentmesh.v1.Agent` service on one of its addresses:
+    /// Ok or a reason.
     pub async fn health(&self, agent: AgentName) -> Result<(), String> {
-        let mut client = HealthClient::new(self.channel(agent));
-        let mut request = tonic::Request::new(HealthCheckRequest {
-            service: "agentmesh.v1.Agent".into(),
-        });
-        request.set_timeout(PROBE_TIMEOUT);
-        let answer = tokio::time::timeout(PROBE_TIMEOUT, client.check(request)).await;
-        match answer {
-            Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
-            Ok(Err(status)) => Err(status.message().to_string()),
-            Ok(Ok(response)) => match response.into_inner().status() {
+        let check = async {
+            let channel = self
+                .pool(agent)
+                .any_channel()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut request = tonic::Request::new(HealthCheckRequest {
+                service: "agentmesh.v1.Agent".into(),
+            });
+            request.set_timeout(PROBE_TIMEOUT);
+            let response = HealthClient::new(channel)
+                .check(request)
+                .await
+                .map_err(|status| status.message().to_string())?;
+            match response.into_inner().status() {
                 ServingStatus::Serving => Ok(()),
                 other => Err(format!("health status {}", other.as_str_name())),
-            },
+            }
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, check).await {
+            Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+            Ok(result) => result,
         }
     }
-}
-
-fn channel(url: &str) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| anyhow::anyhow!("invalid agent URL {url:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
 }
 
 /// What every call to an agent carries: ids for logs and traces, and the deadline.

@@ -50,7 +50,7 @@ impl Deref for AppState {
 impl AppState {
     pub fn new(config: GatewayConfig, state: State) -> anyhow::Result<Self> {
         config.validate()?;
-        let agents = Agents::new(&config.agents)?;
+        let agents = Agents::new(&config.agents, &config.pool)?;
         Ok(Self(Arc::new(Shared {
             config,
             state,

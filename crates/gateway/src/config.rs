@@ -1,9 +1,12 @@
 //! Gateway settings: agent endpoints, the bootstrap admin key, limits and timeouts.
 
+use agentmesh_agent_runtime::balance::PoolConfig;
 use std::fmt;
 use std::time::Duration;
 
-/// gRPC endpoints of the three agents, as URLs like `http://127.0.0.1:50051`.
+/// gRPC endpoints of the three agents, as URLs like `http://127.0.0.1:50051`. The host
+/// may be a DNS name with several addresses (a headless Service): calls are balanced
+/// over all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentEndpoints {
     pub chat: String,
@@ -32,6 +35,10 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Period of the SSE `: keep-alive` comment.
     pub keepalive: Duration,
+    /// Balancing over each agent's addresses, and its concurrency limit.
+    pub pool: PoolConfig,
+    /// After SIGTERM, how long in-flight requests may run before the gateway exits.
+    pub drain: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -42,6 +49,8 @@ impl Default for GatewayConfig {
             request_timeout: Duration::from_secs(120),
             max_body_bytes: 10 * 1024 * 1024,
             keepalive: Duration::from_secs(15),
+            pool: PoolConfig::default(),
+            drain: Duration::from_secs(30),
         }
     }
 }
@@ -54,13 +63,17 @@ impl fmt::Debug for GatewayConfig {
             .field("request_timeout", &self.request_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("keepalive", &self.keepalive)
+            .field("pool", &self.pool)
+            .field("drain", &self.drain)
             .finish()
     }
 }
 
 impl GatewayConfig {
     /// Reads `AGENTMESH_CHAT_URL`, `AGENTMESH_SEARCH_URL`, `AGENTMESH_DATA_URL`,
-    /// `AGENTMESH_ADMIN_KEY`; everything else keeps its default.
+    /// `AGENTMESH_ADMIN_KEY`, `AGENTMESH_DRAIN_SECONDS` and the balancing settings
+    /// (`AGENTMESH_AGENT_MAX_CONCURRENCY`, `AGENTMESH_RESOLVE_SECONDS`,
+    /// `AGENTMESH_EJECT_SECONDS`); everything else keeps its default.
     pub fn from_env() -> anyhow::Result<GatewayConfig> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -83,6 +96,13 @@ impl GatewayConfig {
             config.agents.data = url;
         }
         config.admin_key = value("AGENTMESH_ADMIN_KEY");
+        if let Some(raw) = value("AGENTMESH_DRAIN_SECONDS") {
+            let seconds = raw.parse::<u64>().map_err(|_| {
+                anyhow::anyhow!("AGENTMESH_DRAIN_SECONDS must be a whole number, got {raw:?}")
+            })?;
+            config.drain = Duration::from_secs(seconds);
+        }
+        config.pool = PoolConfig::from_lookup(&value).map_err(anyhow::Error::msg)?;
         config.validate()?;
         Ok(config)
     }
@@ -108,6 +128,9 @@ impl GatewayConfig {
         if self.max_body_bytes == 0 {
             anyhow::bail!("maximum body size must be greater than zero");
         }
+        if self.pool.max_concurrency == 0 {
+            anyhow::bail!("AGENTMESH_AGENT_MAX_CONCURRENCY must be greater than zero");
+        }
         Ok(())
     }
 }
@@ -129,6 +152,24 @@ mod tests {
         assert_eq!(config.agents.search, "http://127.0.0.1:50052");
         assert_eq!(config.admin_key.as_deref(), Some("am-secret"));
         assert!(!format!("{config:?}").contains("am-secret"));
+        assert_eq!(config.drain, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn drain_and_balancing_come_from_env() {
+        let config = GatewayConfig::from_lookup(|name| match name {
+            "AGENTMESH_DRAIN_SECONDS" => Some("5".into()),
+            "AGENTMESH_AGENT_MAX_CONCURRENCY" => Some("8".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.drain, Duration::from_secs(5));
+        assert_eq!(config.pool.max_concurrency, 8);
+        let error = GatewayConfig::from_lookup(|name| {
+            (name == "AGENTMESH_DRAIN_SECONDS").then(|| "-1".to_string())
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("AGENTMESH_DRAIN_SECONDS"));
     }
 
     #[test]

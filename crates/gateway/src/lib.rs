@@ -22,7 +22,7 @@ pub use error::ApiError;
 pub use keys::{bootstrap_admin_key, generate_key};
 
 use agentmesh_state::State;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 
 /// The gateway's routes over `state`, calling the agents of `config`.
 pub fn router(config: GatewayConfig, state: State) -> anyhow::Result<axum::Router> {
@@ -30,26 +30,39 @@ pub fn router(config: GatewayConfig, state: State) -> anyhow::Result<axum::Route
     Ok(app::build(app))
 }
 
-/// Serves until `shutdown` resolves; then `/ready` turns 503, no new connection is
-/// accepted and in-flight requests (streams included) run to their end.
+/// Serves until `shutdown` resolves; then `/ready` turns 503 at once, no new connection
+/// is accepted and in-flight requests (streams included) run to their end, for at most
+/// `config.drain`; whatever still runs then is cut and the function returns.
 pub async fn serve(
     config: GatewayConfig,
     state: State,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let drain = config.drain;
     let app = app::AppState::new(config, state)?;
     let router = app::build(app.clone());
     let address = listener.local_addr()?;
     tracing::info!(%address, "gateway listening");
+
+    let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
     let draining = async move {
         shutdown.await;
         app.start_draining();
-        tracing::info!("gateway draining");
+        tracing::info!(drain_seconds = drain.as_secs(), "gateway draining");
+        let _ = draining_tx.send(true);
     };
-    axum::serve(listener, router)
+    let server = axum::serve(listener, router)
         .with_graceful_shutdown(draining)
-        .await?;
+        .into_future();
+    let drain_over = async move {
+        let _ = draining_rx.wait_for(|draining| *draining).await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = drain_over => tracing::warn!("drain period over, closing remaining requests"),
+    }
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -205,6 +205,11 @@ pub fn timeout_error(agent: &str) -> ApiError {
     .with_code("timeout")
 }
 
+pub fn no_address(agent: &str) -> ApiError {
+    ApiError::unavailable(format!("agent {agent} has no address left to try"), 1)
+        .with_code("agent_unavailable")
+}
+
 pub fn no_final(agent: &str) -> ApiError {
     ApiError::new(
         StatusCode::BAD_GATEWAY,

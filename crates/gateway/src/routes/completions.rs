@@ -9,6 +9,8 @@ use crate::chat::answer::{self, Answer, ChunkBuilder, Sse};
 use crate::chat::validate::{self, ChatCall};
 use crate::error::ApiError;
 use crate::limits::{self, Settlement};
+use agentmesh_agent_runtime::balance::{is_transport_failure, BalanceError, Call};
+use agentmesh_proto::v1::agent_client::AgentClient;
 use agentmesh_proto::v1::ChatEvent;
 use agentmesh_state::{IdempotencyClaim, StoredResponse};
 use axum::extract::rejection::PathRejection;
@@ -20,7 +22,8 @@ use futures::StreamExt;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::Streaming;
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
 
 /// How long the gateway keeps reading an agent's stream after its final event.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,27 +89,85 @@ async fn run(
     Ok(response)
 }
 
+/// An agent stream whose first event arrived, with the balancer's slot it holds.
+struct Opened {
+    first: ChatEvent,
+    rest: Streaming<ChatEvent>,
+    /// Counts the stream against the agent's concurrency limit and its address's load
+    /// until dropped.
+    _slot: Call,
+}
+
+/// How one attempt on one address ended, when it did not produce a first event.
+enum Attempt {
+    /// The address could not take the call (refused, reset, gone): try another.
+    Retry(Status),
+    Fail(ApiError),
+}
+
 /// Opens the agent's stream and waits for its first event, so that an early failure
-/// is still answered with a proper HTTP status.
+/// is still answered with a proper HTTP status. A transport failure before the first
+/// event moves the call to another address; nothing reached the client yet.
 async fn open(
     app: &AppState,
     caller: &Caller,
     call: &ChatCall,
     deadline: Instant,
-) -> Result<(ChatEvent, Streaming<ChatEvent>), ApiError> {
+) -> Result<Opened, ApiError> {
     let agent = call.agent.as_str();
+    let balance_error = |e: BalanceError| error_from_status(agent, &e.to_status());
+    let mut slot = app.agents.pool(call.agent).call().map_err(balance_error)?;
+    let mut last = None;
+    loop {
+        let channel = match slot.next_channel(last.is_some()).await {
+            Ok(Some(channel)) => channel,
+            Ok(None) => return Err(last.unwrap_or_else(|| answer::no_address(agent))),
+            Err(error) => return Err(balance_error(error)),
+        };
+        match attempt(channel, caller, call, deadline).await {
+            Ok((first, rest)) => {
+                return Ok(Opened {
+                    first,
+                    rest,
+                    _slot: slot,
+                })
+            }
+            Err(Attempt::Retry(status)) => {
+                tracing::debug!(agent, address = ?slot.address(), error = %status, "attempt failed");
+                slot.failed();
+                last = Some(error_from_status(agent, &status));
+            }
+            Err(Attempt::Fail(error)) => return Err(error),
+        }
+    }
+}
+
+async fn attempt(
+    channel: Channel,
+    caller: &Caller,
+    call: &ChatCall,
+    deadline: Instant,
+) -> Result<(ChatEvent, Streaming<ChatEvent>), Attempt> {
+    let agent = call.agent.as_str();
+    let failed = |status: Status| {
+        if is_transport_failure(&status) {
+            Attempt::Retry(status)
+        } else {
+            Attempt::Fail(error_from_status(agent, &status))
+        }
+    };
     let request = caller.call().request(call.request.clone());
-    let mut client = app.agents.agent(call.agent);
+    let mut client = AgentClient::new(channel);
     let opened = tokio::time::timeout_at(deadline, client.chat(request)).await;
     let mut events = match opened {
-        Err(_) => return Err(answer::timeout_error(agent)),
-        Ok(Err(status)) => return Err(error_from_status(agent, &status)),
+        Err(_) => return Err(Attempt::Fail(answer::timeout_error(agent))),
+        Ok(Err(status)) => return Err(failed(status)),
         Ok(Ok(response)) => response.into_inner(),
     };
     match tokio::time::timeout_at(deadline, events.next()).await {
-        Err(_) => Err(answer::timeout_error(agent)),
-        Ok(None) => Err(answer::no_final(agent)),
-        Ok(Some(Err(status))) => Err(error_from_status(agent, &status)),
+        Err(_) => Err(Attempt::Fail(answer::timeout_error(agent))),
+        Ok(None) => Err(Attempt::Fail(answer::no_final(agent))),
+        Ok(Some(Err(status))) => Err(failed(status)),
         Ok(Some(Ok(first))) => Ok((first, events)),
     }
 }
@@ -128,7 +189,7 @@ async fn complete(
     );
 
     let collected = match open(app, caller, &call, deadline).await {
-        Ok((first, rest)) => {
+        Ok(Opened { first, rest, _slot }) => {
             let events = futures::stream::once(async { Ok(first) }).chain(rest);
             answer::collect(Box::pin(events), deadline, &mut settlement, &answer).await
         }
@@ -157,7 +218,7 @@ async fn stream(app: &AppState, caller: &Caller, call: ChatCall) -> Result<Respo
         agent,
         call.estimated_tokens,
     );
-    let (first, rest) = match open(app, caller, &call, deadline).await {
+    let opened = match open(app, caller, &call, deadline).await {
         Ok(opened) => opened,
         Err(error) => {
             app.metrics.agent_error(agent, error.status.as_u16());
@@ -166,7 +227,7 @@ async fn stream(app: &AppState, caller: &Caller, call: ChatCall) -> Result<Respo
         }
     };
     let builder = ChunkBuilder::new(Answer::new(&call.model, agent), call.include_usage);
-    let events = sse_events(app.clone(), builder, settlement, first, rest, deadline);
+    let events = sse_events(app.clone(), builder, settlement, opened, deadline);
 
     let keep_alive = KeepAlive::new()
         .interval(app.config.keepalive)
@@ -186,12 +247,17 @@ fn sse_events(
     app: AppState,
     mut builder: ChunkBuilder,
     mut settlement: Settlement,
-    first: ChatEvent,
-    mut rest: Streaming<ChatEvent>,
+    opened: Opened,
     deadline: Instant,
 ) -> impl futures::Stream<Item = Result<Event, Infallible>> {
     let agent = builder.agent().to_string();
+    let Opened {
+        first,
+        mut rest,
+        _slot,
+    } = opened;
     async_stream::stream! {
+        let _slot = _slot;
         yield Ok(sse(builder.opening()));
         let mut next = Some(first);
         loop {

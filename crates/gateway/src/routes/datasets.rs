@@ -6,6 +6,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::body::{self, Fields, JsonObject};
 use crate::error::ApiError;
+use agentmesh_proto::v1::data_client::DataClient;
 use agentmesh_proto::v1::{DataQueryRequest, Dataset, ListDatasetsRequest, RegisterDatasetRequest};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
@@ -27,10 +28,15 @@ pub async fn register(
         let JsonObject(body) = JsonObject::from_request(request, &app).await?;
         from_json(&body)?
     };
-    let request = caller.call().request(RegisterDatasetRequest { name, csv });
-    let mut client = app.agents.data();
-    let call = client.register_dataset(request);
-    let dataset = unary(&app, AgentName::Data, caller.timeout, call).await?;
+    let message = RegisterDatasetRequest { name, csv };
+    let dataset = unary(
+        &app,
+        AgentName::Data,
+        caller.call(),
+        message,
+        |ch, req| async { DataClient::new(ch).register_dataset(req).await },
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(dataset_json(&dataset))))
 }
 
@@ -164,9 +170,15 @@ fn checked_csv(bytes: &[u8], param: &str) -> Result<Vec<u8>, ApiError> {
 
 pub async fn list(State(app): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require_agent(AgentName::Data)?;
-    let mut client = app.agents.data();
-    let call = client.list_datasets(caller.call().request(ListDatasetsRequest {}));
-    let listed = unary(&app, AgentName::Data, caller.timeout, call).await?;
+    let message = ListDatasetsRequest {};
+    let listed = unary(
+        &app,
+        AgentName::Data,
+        caller.call(),
+        message,
+        |ch, req| async { DataClient::new(ch).list_datasets(req).await },
+    )
+    .await?;
     let data: Vec<Value> = listed.datasets.iter().map(dataset_json).collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }
@@ -198,10 +210,15 @@ pub async fn query(
         return Err(ApiError::not_found(format!("dataset `{name}` not found"))
             .with_code("dataset_not_found"));
     }
-    let request = caller.call().request(DataQueryRequest { sql, max_rows: 0 });
-    let mut client = app.agents.data();
-    let call = client.query(request);
-    let answer = unary(&app, AgentName::Data, caller.timeout, call).await?;
+    let message = DataQueryRequest { sql, max_rows: 0 };
+    let answer = unary(
+        &app,
+        AgentName::Data,
+        caller.call(),
+        message,
+        |ch, req| async { DataClient::new(ch).query(req).await },
+    )
+    .await?;
     let rows = serde_json::from_str::<Value>(&answer.rows_json).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,

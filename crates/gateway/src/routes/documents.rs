@@ -6,6 +6,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::body::{Fields, JsonObject};
 use crate::error::ApiError;
+use agentmesh_proto::v1::search_client::SearchClient;
 use agentmesh_proto::v1::{
     DeleteDocumentRequest, Document, IngestRequest, ListDocumentsRequest, SearchQueryRequest,
 };
@@ -35,9 +36,14 @@ pub async fn ingest(
             .map(|m| Value::Object(m.clone()).to_string())
             .unwrap_or_default(),
     };
-    let mut client = app.agents.search();
-    let call = client.ingest(caller.call().request(request));
-    let stored = unary(&app, AgentName::Search, caller.timeout, call).await?;
+    let stored = unary(
+        &app,
+        AgentName::Search,
+        caller.call(),
+        request,
+        |ch, req| async { SearchClient::new(ch).ingest(req).await },
+    )
+    .await?;
     let status = if stored.replaced {
         StatusCode::OK
     } else {
@@ -49,9 +55,15 @@ pub async fn ingest(
 
 pub async fn list(State(app): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require_agent(AgentName::Search)?;
-    let mut client = app.agents.search();
-    let call = client.list(caller.call().request(ListDocumentsRequest {}));
-    let listed = unary(&app, AgentName::Search, caller.timeout, call).await?;
+    let message = ListDocumentsRequest {};
+    let listed = unary(
+        &app,
+        AgentName::Search,
+        caller.call(),
+        message,
+        |ch, req| async { SearchClient::new(ch).list(req).await },
+    )
+    .await?;
     let data: Vec<Value> = listed.documents.iter().map(document_json).collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }
@@ -75,12 +87,15 @@ pub async fn remove(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_agent(AgentName::Search)?;
     let id = path_param(path)?;
-    let request = caller
-        .call()
-        .request(DeleteDocumentRequest { id: id.clone() });
-    let mut client = app.agents.search();
-    let call = client.delete(request);
-    let deleted = unary(&app, AgentName::Search, caller.timeout, call).await?;
+    let message = DeleteDocumentRequest { id: id.clone() };
+    let deleted = unary(
+        &app,
+        AgentName::Search,
+        caller.call(),
+        message,
+        |ch, req| async { SearchClient::new(ch).delete(req).await },
+    )
+    .await?;
     if !deleted.deleted {
         return Err(ApiError::not_found(format!("document `{id}` not found"))
             .with_code("document_not_found"));
@@ -100,10 +115,15 @@ pub async fn search(
     let top_k = top_k
         .and_then(|k| u32::try_from(k).ok())
         .unwrap_or(DEFAULT_TOP_K);
-    let request = caller.call().request(SearchQueryRequest { query, top_k });
-    let mut client = app.agents.search();
-    let call = client.query(request);
-    let found = unary(&app, AgentName::Search, caller.timeout, call).await?;
+    let message = SearchQueryRequest { query, top_k };
+    let found = unary(
+        &app,
+        AgentName::Search,
+        caller.call(),
+        message,
+        |ch, req| async { SearchClient::new(ch).query(req).await },
+    )
+    .await?;
     let results: Vec<Value> = found
         .results
         .iter()

@@ -8,23 +8,35 @@ pub mod documents;
 pub mod models;
 pub mod ops;
 
-use crate::agents::{error_from_status, AgentName};
+use crate::agents::{error_from_status, AgentName, CallContext};
 use crate::app::AppState;
 use crate::error::ApiError;
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use std::future::Future;
-use std::time::Duration;
+use tonic::transport::Channel;
 
-/// Runs one unary agent call within `timeout`, mapping its failure for the client.
-pub async fn unary<T>(
+/// Runs one unary agent call within the caller's timeout, on the agent's balanced pool
+/// (another address when one refuses the call), mapping its failure for the client.
+pub async fn unary<M, T, F, Fut>(
     app: &AppState,
     agent: AgentName,
-    timeout: Duration,
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, ApiError> {
-    let result = match tokio::time::timeout(timeout, call).await {
+    context: CallContext,
+    message: M,
+    call: F,
+) -> Result<T, ApiError>
+where
+    M: Clone,
+    F: Fn(Channel, tonic::Request<M>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let timeout = context.timeout;
+    let attempts = app
+        .agents
+        .pool(agent)
+        .unary(|channel| call(channel, context.request(message.clone())));
+    let result = match tokio::time::timeout(timeout, attempts).await {
         Ok(Ok(response)) => return Ok(response.into_inner()),
         Ok(Err(status)) => error_from_status(agent.as_str(), &status),
         Err(_) => ApiError::new(

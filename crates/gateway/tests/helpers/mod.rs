@@ -417,6 +417,7 @@ pub async fn start_on(state: State, dir: tempfile::TempDir, options: Options) ->
         request_timeout: Duration::from_secs(10),
         max_body_bytes: options.max_body_bytes,
         keepalive: options.keepalive,
+        ..GatewayConfig::default()
     };
     let created = agentmesh_gateway::bootstrap_admin_key(&state, &config)
         .await
