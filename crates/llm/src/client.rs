@@ -1,24 +1,29 @@
 //! The client: picks providers for a model, sends requests, retries, falls back and streams.
 
+use std::collections::HashMap;
 use std::error::Error as _;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use tokio::time::Instant;
 
-use crate::events::{EventReader, Limits};
-use crate::retry::{backoff, next_step, Next};
+use crate::circuit::{Circuit, CircuitState, Permit};
+use crate::events::{Billing, EventReader, Limits};
+use crate::keys::KeySource;
+use crate::retry::{backoff, blames_provider, next_step, Next};
+use crate::usage::{estimate, prompt_chars, SharedSink, UsageOutcome, UsageReport, UsageSink};
 use crate::wire::{parse_completion, remaining, request_body, status_error};
 use crate::{Completion, CompletionRequest, LlmConfig, LlmError, LlmEvent, Price, ProviderConfig};
 
 /// Events of one streamed answer; ends with `Done` or one error item.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<LlmEvent, LlmError>> + Send>>;
 
-/// Shared by every agent; cheap to clone.
+/// Shared by every agent; cheap to clone (clones share circuits, key caches and the sink).
 #[derive(Clone, Debug)]
 pub struct LlmClient {
     inner: Arc<Inner>,
@@ -28,14 +33,28 @@ pub struct LlmClient {
 struct Inner {
     config: LlmConfig,
     http: reqwest::Client,
+    providers: Vec<Provider>,
+    prices: Arc<HashMap<String, Price>>,
+    sink: RwLock<SharedSink>,
+}
+
+/// A configured provider with what the client learns about it while running.
+#[derive(Debug)]
+struct Provider {
+    config: ProviderConfig,
+    circuit: Circuit,
+    key: KeySource,
 }
 
 /// What one attempt needs besides the provider.
 struct Call<'a> {
     model: &'a str,
     body: Bytes,
-    price: Price,
+    prompt_chars: usize,
     deadline: Instant,
+    /// "total" (the configured bound) or "deadline" (the caller's, when tighter).
+    deadline_what: &'static str,
+    deadline_limit: Duration,
 }
 
 impl LlmClient {
@@ -45,8 +64,25 @@ impl LlmClient {
             .connect_timeout(config.connect_timeout)
             .build()
             .map_err(|e| LlmError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let providers = config
+            .providers
+            .iter()
+            .map(|p| Provider {
+                config: p.clone(),
+                circuit: Circuit::new(config.circuit_failures, config.circuit_cooldown),
+                key: KeySource::default(),
+            })
+            .collect();
+        let prices = Arc::new(config.prices.clone());
+        let inner = Inner {
+            config,
+            http,
+            providers,
+            prices,
+            sink: RwLock::new(SharedSink::default()),
+        };
         Ok(LlmClient {
-            inner: Arc::new(Inner { config, http }),
+            inner: Arc::new(inner),
         })
     }
 
@@ -56,6 +92,24 @@ impl LlmClient {
 
     pub fn config(&self) -> &LlmConfig {
         &self.inner.config
+    }
+
+    /// Where every answered attempt's usage goes (replaces the previous sink). A stream the
+    /// caller drops is reported too, with estimated tokens: this is how to bill it.
+    pub fn on_usage(&self, sink: impl UsageSink + 'static) {
+        let sink = SharedSink::new(Arc::new(sink));
+        match self.inner.sink.write() {
+            Ok(mut slot) => *slot = sink,
+            Err(poisoned) => *poisoned.into_inner() = sink,
+        }
+    }
+
+    /// Each provider's circuit, in configuration order (for metrics).
+    pub fn circuit_states(&self) -> Vec<(String, CircuitState)> {
+        let providers = self.inner.providers.iter();
+        providers
+            .map(|p| (p.config.name.clone(), p.circuit.state()))
+            .collect()
     }
 
     /// One whole answer (no streaming), retried and failed over as configured.
@@ -78,25 +132,34 @@ impl LlmClient {
         let model = req.model.as_deref().filter(|m| !m.trim().is_empty());
         let model = model.unwrap_or(&config.default_model);
         let body = Bytes::from(request_body(req, model, stream).to_string());
-        let price = config.prices.get(model).copied().unwrap_or_default();
+        let now = Instant::now();
+        let total = now + config.total_timeout;
+        let (deadline, deadline_what, deadline_limit) = match req.deadline {
+            Some(theirs) if Instant::from_std(theirs) < total => {
+                let theirs = Instant::from_std(theirs);
+                (theirs, "deadline", theirs.saturating_duration_since(now))
+            }
+            _ => (total, "total", config.total_timeout),
+        };
         Call {
             model,
             body,
-            price,
-            deadline: Instant::now() + config.total_timeout,
+            prompt_chars: prompt_chars(&req.messages),
+            deadline,
+            deadline_what,
+            deadline_limit,
         }
     }
 
     /// Providers serving `model`, lowest priority value first (ties keep config order).
-    fn providers_for(&self, model: &str) -> Result<Vec<&ProviderConfig>, LlmError> {
+    fn providers_for(&self, model: &str) -> Result<Vec<&Provider>, LlmError> {
         let mut providers: Vec<_> = self
             .inner
-            .config
             .providers
             .iter()
-            .filter(|p| p.serves(model))
+            .filter(|p| p.config.serves(model))
             .collect();
-        providers.sort_by_key(|p| p.priority);
+        providers.sort_by_key(|p| p.config.priority);
         if providers.is_empty() {
             return Err(LlmError::UnknownModel {
                 model: model.to_string(),
@@ -107,113 +170,179 @@ impl LlmClient {
 
     async fn run<'a, T, F, Fut>(&'a self, call: &Call<'_>, mut attempt: F) -> Result<T, LlmError>
     where
-        F: FnMut(&'a ProviderConfig) -> Fut,
+        F: FnMut(&'a Provider) -> Fut,
         Fut: Future<Output = Result<T, LlmError>>,
     {
-        let mut last = None;
+        let mut last: Option<LlmError> = None;
         for provider in self.providers_for(call.model)? {
+            if remaining(call.deadline).is_none() {
+                break;
+            }
             match self.on_provider(call, provider, &mut attempt).await {
                 Ok(value) => return Ok(value),
                 Err((err, Next::Stop)) => return Err(err),
                 Err((err, _)) => {
-                    let kind = err.kind();
-                    let name = provider.name.as_str();
                     tracing::warn!(
-                        provider = name,
+                        provider = %provider.config.name,
                         model = call.model,
-                        kind,
+                        kind = err.kind(),
                         "llm provider gave up"
                     );
-                    last = Some(err);
+                    last = Some(keep_worst(last, err));
                 }
             }
-            if remaining(call.deadline).is_none() {
-                break;
-            }
         }
-        Err(last.unwrap_or_else(|| self.total_timeout("all providers")))
+        Err(last.unwrap_or_else(|| deadline_error(call, "all providers")))
     }
 
-    /// Attempts on one provider until success, a final error or the attempt budget is spent.
+    /// Attempts on one provider until success, a final error, an open circuit or the
+    /// attempt budget is spent.
     async fn on_provider<'a, T, F, Fut>(
         &'a self,
         call: &Call<'_>,
-        provider: &'a ProviderConfig,
+        provider: &'a Provider,
         attempt: &mut F,
     ) -> Result<T, (LlmError, Next)>
     where
-        F: FnMut(&'a ProviderConfig) -> Fut,
+        F: FnMut(&'a Provider) -> Fut,
         Fut: Future<Output = Result<T, LlmError>>,
     {
+        let name = provider.config.name.as_str();
         let max = self.inner.config.max_attempts;
+        let mut previous = None;
         for n in 1..=max {
+            let permit = match provider.circuit.try_acquire() {
+                Ok(permit) => permit,
+                Err(retry_in) => {
+                    let skipped = LlmError::CircuitOpen {
+                        provider: name.to_string(),
+                        retry_in,
+                    };
+                    tracing::debug!(provider = name, "llm circuit open, skipping");
+                    return Err((previous.unwrap_or(skipped), Next::Fallback));
+                }
+            };
             let err = match attempt(provider).await {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    log_transition(name, permit.success());
+                    return Ok(value);
+                }
                 Err(err) => err,
             };
+            settle_failure(name, permit, &err);
             let step = next_step(&err);
-            tracing::debug!(
-                provider = %provider.name,
-                attempt = n,
-                kind = err.kind(),
-                error = %err,
-                "llm attempt failed"
-            );
+            tracing::debug!(provider = name, attempt = n, kind = err.kind(), error = %err,
+                "llm attempt failed");
             if step != Next::Retry || n == max {
                 return Err((err, step));
             }
-            let wait = err.retry_after().unwrap_or_else(|| backoff(n));
+            let wait = self.retry_wait(n, &err);
             if remaining(call.deadline).is_none_or(|left| left <= wait) {
                 return Err((err, Next::Fallback));
             }
             let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-            tracing::debug!(provider = %provider.name, wait_ms, "llm retry");
+            tracing::debug!(provider = name, wait_ms, "llm retry");
             tokio::time::sleep(wait).await;
+            previous = Some(err);
         }
-        Err((self.total_timeout(&provider.name), Next::Fallback))
+        Err((deadline_error(call, name), Next::Fallback))
+    }
+
+    /// The provider's `Retry-After` when it sent one, else backoff with full jitter.
+    fn retry_wait(&self, failures: u32, err: &LlmError) -> Duration {
+        let config = &self.inner.config;
+        err.retry_after()
+            .unwrap_or_else(|| backoff(failures, config.backoff_base, config.backoff_cap))
     }
 
     async fn attempt_complete(
         &self,
-        p: &ProviderConfig,
+        p: &Provider,
         call: &Call<'_>,
     ) -> Result<Completion, LlmError> {
-        let work = async {
-            let response = self.send(p, call).await?;
-            let body = response.bytes().await.map_err(|e| LlmError::Stream {
-                provider: p.name.clone(),
-                message: error_chain(&e),
-            })?;
-            parse_completion(&p.name, &body, call.model, &call.price)
-        };
-        tokio::time::timeout_at(call.deadline, work)
-            .await
-            .map_err(|_| self.total_timeout(&p.name))?
-    }
-
-    async fn attempt_stream(
-        &self,
-        p: &ProviderConfig,
-        call: &Call<'_>,
-    ) -> Result<EventStream, LlmError> {
-        let config = &self.inner.config;
-        let first = Instant::now() + config.first_token_timeout;
-        let (until, what, limit) = if first < call.deadline {
-            (first, "first token", config.first_token_timeout)
-        } else {
-            (call.deadline, "total", config.total_timeout)
-        };
-        let timeout = || LlmError::Timeout {
-            provider: p.name.clone(),
-            what,
-            limit,
-        };
+        let (until, what, limit) = self.first_limit(call, "first byte");
+        let name = &p.config.name;
         let response = tokio::time::timeout_at(until, self.send(p, call))
             .await
-            .map_err(|_| timeout())??;
+            .map_err(|_| timeout(name, what, limit))??;
+        let body = self.read_body(name, response, call).await?;
+        let (mut completion, has_usage) =
+            parse_completion(name, &body, call.model, &self.inner.prices)?;
+        if !has_usage {
+            let chars = completion.content.chars().count()
+                + completion
+                    .tool_calls
+                    .iter()
+                    .map(|c| c.name.chars().count() + c.arguments.chars().count())
+                    .sum::<usize>();
+            let price = crate::usage::price_for(&self.inner.prices, &completion.model, call.model);
+            completion.usage = estimate(call.prompt_chars, chars, &price);
+        }
+        self.sink().record(UsageReport {
+            provider: name.clone(),
+            model: completion.model.clone(),
+            usage: completion.usage,
+            estimated: !has_usage,
+            outcome: UsageOutcome::Finished,
+        });
+        Ok(completion)
+    }
 
-        let limits = Limits::new(config, first, call.deadline);
-        let mut reader = EventReader::new(&p.name, response, call.model, call.price, limits);
+    /// A whole body, each read bounded by the idle limit and all of it by the deadline.
+    async fn read_body(
+        &self,
+        provider: &str,
+        response: reqwest::Response,
+        call: &Call<'_>,
+    ) -> Result<Vec<u8>, LlmError> {
+        let idle = self.inner.config.idle_timeout;
+        let mut body = Vec::new();
+        let mut chunks = response.bytes_stream();
+        loop {
+            let idle_by = Instant::now() + idle;
+            let (until, what, limit) = if idle_by < call.deadline {
+                (idle_by, "idle", idle)
+            } else {
+                (call.deadline, call.deadline_what, call.deadline_limit)
+            };
+            let next = tokio::time::timeout_at(until, chunks.next())
+                .await
+                .map_err(|_| timeout(provider, what, limit))?;
+            match next {
+                Some(Ok(bytes)) => body.extend_from_slice(&bytes),
+                Some(Err(e)) => {
+                    let message = error_chain(&e);
+                    let provider = provider.to_string();
+                    return Err(LlmError::Stream { provider, message });
+                }
+                None => return Ok(body),
+            }
+        }
+    }
+
+    async fn attempt_stream(&self, p: &Provider, call: &Call<'_>) -> Result<EventStream, LlmError> {
+        let config = &self.inner.config;
+        let first_by = Instant::now() + config.first_token_timeout;
+        let (until, what, limit) = self.first_limit(call, "first token");
+        let name = &p.config.name;
+        let response = tokio::time::timeout_at(until, self.send(p, call))
+            .await
+            .map_err(|_| timeout(name, what, limit))??;
+
+        let limits = Limits {
+            first_by,
+            first_token: config.first_token_timeout,
+            idle: config.idle_timeout,
+            deadline: call.deadline,
+            deadline_what: call.deadline_what,
+            deadline_limit: call.deadline_limit,
+        };
+        let billing = Billing {
+            sink: self.sink(),
+            prices: self.inner.prices.clone(),
+            prompt_chars: call.prompt_chars,
+        };
+        let mut reader = EventReader::new(name, response, call.model, billing, limits);
         let first_event = match reader.next_event().await {
             Some(Ok(event)) => event,
             Some(Err(err)) => return Err(err),
@@ -227,24 +356,46 @@ impl LlmClient {
         ))
     }
 
-    /// Sends the request; a non-2xx answer becomes the matching error.
-    async fn send(
+    /// Until when to wait for the first byte (whole answers) or token (streams).
+    fn first_limit(
         &self,
-        p: &ProviderConfig,
         call: &Call<'_>,
-    ) -> Result<reqwest::Response, LlmError> {
-        let url = format!("{}/chat/completions", p.base_url.trim_end_matches('/'));
+        what: &'static str,
+    ) -> (Instant, &'static str, Duration) {
+        let first = self.inner.config.first_token_timeout;
+        let by = Instant::now() + first;
+        if by < call.deadline {
+            (by, what, first)
+        } else {
+            (call.deadline, call.deadline_what, call.deadline_limit)
+        }
+    }
+
+    fn sink(&self) -> SharedSink {
+        match self.inner.sink.read() {
+            Ok(sink) => sink.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Sends the request; a non-2xx answer becomes the matching error.
+    async fn send(&self, p: &Provider, call: &Call<'_>) -> Result<reqwest::Response, LlmError> {
+        let name = &p.config.name;
+        let url = format!(
+            "{}/chat/completions",
+            p.config.base_url.trim_end_matches('/')
+        );
         let mut request = self
             .inner
             .http
             .post(url)
             .header(CONTENT_TYPE, "application/json")
             .body(call.body.clone());
-        if let Some(key) = crate::keys::api_key(p).await? {
+        if let Some(key) = p.key.key(&p.config).await? {
             request = request.bearer_auth(key.expose());
         }
         let response = request.send().await.map_err(|e| LlmError::Connect {
-            provider: p.name.clone(),
+            provider: name.clone(),
             message: error_chain(&e),
         })?;
         let status = response.status();
@@ -254,23 +405,64 @@ impl LlmClient {
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok());
-        let retry_after = retry_after.map(str::to_string);
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = response.bytes().await.unwrap_or_default();
         Err(status_error(
-            &p.name,
+            name,
             status.as_u16(),
             retry_after.as_deref(),
             &body,
         ))
     }
+}
 
-    fn total_timeout(&self, provider: &str) -> LlmError {
-        LlmError::Timeout {
-            provider: provider.to_string(),
-            what: "total",
-            limit: self.inner.config.total_timeout,
+fn timeout(provider: &str, what: &'static str, limit: Duration) -> LlmError {
+    LlmError::Timeout {
+        provider: provider.to_string(),
+        what,
+        limit,
+    }
+}
+
+fn deadline_error(call: &Call<'_>, provider: &str) -> LlmError {
+    timeout(provider, call.deadline_what, call.deadline_limit)
+}
+
+/// A real failure says more than a skipped provider; among skips, the soonest retry wins.
+fn keep_worst(last: Option<LlmError>, err: LlmError) -> LlmError {
+    match (last, err) {
+        (Some(real), LlmError::CircuitOpen { .. })
+            if !matches!(real, LlmError::CircuitOpen { .. }) =>
+        {
+            real
         }
+        (
+            Some(LlmError::CircuitOpen { retry_in: a, .. }),
+            LlmError::CircuitOpen {
+                provider,
+                retry_in: b,
+            },
+        ) => LlmError::CircuitOpen {
+            provider,
+            retry_in: a.min(b),
+        },
+        (_, err) => err,
+    }
+}
+
+/// Counts a failed attempt against the circuit when the provider was at fault.
+fn settle_failure(provider: &str, permit: Permit, err: &LlmError) {
+    if blames_provider(err) {
+        log_transition(provider, permit.failure());
+    }
+}
+
+fn log_transition(provider: &str, change: Option<CircuitState>) {
+    match change {
+        Some(CircuitState::Open) => tracing::warn!(provider, "llm circuit opened"),
+        Some(state) => tracing::info!(provider, state = state.as_str(), "llm circuit changed"),
+        None => {}
     }
 }
 
@@ -310,7 +502,7 @@ mod tests {
                 .providers_for(model)
                 .unwrap()
                 .iter()
-                .map(|p| p.name.clone())
+                .map(|p| p.config.name.clone())
                 .collect()
         };
         assert_eq!(names("m1"), ["b", "a"]);
@@ -320,6 +512,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(client.prepare(&req, false).model, "m1");
+        let states = client.circuit_states();
+        assert_eq!(states[0], ("a".to_string(), CircuitState::Closed));
+        assert_eq!(states.len(), 2);
     }
 
     #[test]
@@ -328,5 +523,26 @@ mod tests {
         let err = client.providers_for("gpt-9").unwrap_err();
         assert_eq!(err.http_status(), 400);
         assert!(err.to_string().contains("gpt-9"));
+    }
+
+    #[tokio::test]
+    async fn caller_deadline_only_shortens() {
+        let client = LlmClient::new(LlmConfig::single("a", "http://127.0.0.1:1/v1", "m1")).unwrap();
+        let soon = std::time::Instant::now() + Duration::from_secs(2);
+        let req = CompletionRequest {
+            deadline: Some(soon),
+            ..Default::default()
+        };
+        let call = client.prepare(&req, false);
+        assert_eq!(call.deadline_what, "deadline");
+        assert!(call.deadline_limit <= Duration::from_secs(2));
+        let late = std::time::Instant::now() + Duration::from_secs(3600);
+        let req = CompletionRequest {
+            deadline: Some(late),
+            ..Default::default()
+        };
+        let call = client.prepare(&req, false);
+        assert_eq!(call.deadline_what, "total");
+        assert_eq!(call.deadline_limit, Duration::from_secs(120));
     }
 }

@@ -1,8 +1,11 @@
-//! Provider list, timeouts, retry budget and price table of the LLM client.
+//! Provider list, timeouts, retry policy, circuit breaker and price table of the LLM client.
+//!
+//! Built in code, or by [`LlmConfig::load`] from the `[llm]` section of a TOML file with
+//! `AGENTMESH_LLM_*` overrides (the file format lives in `config_file.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -47,7 +50,8 @@ pub struct ProviderConfig {
     pub base_url: String,
     #[serde(default)]
     pub api_key: Option<Secret>,
-    /// Read again on every request, so a rotated (re-mounted) key needs no restart.
+    /// Read again when the file changes (size, mtime or inode), so a rotated (re-mounted)
+    /// key is used by the next request with no restart.
     #[serde(default)]
     pub api_key_file: Option<PathBuf>,
     /// Models this provider serves; empty means any model.
@@ -80,21 +84,31 @@ impl Price {
     }
 }
 
-/// Everything the client needs. Build it in code or with [`LlmConfig::from_env`].
+/// Everything the client needs. Build it in code, with [`LlmConfig::single`], or with
+/// [`LlmConfig::load`] / [`LlmConfig::from_env`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlmConfig {
     pub providers: Vec<ProviderConfig>,
     /// Used when a request names no model.
     pub default_model: String,
     pub connect_timeout: Duration,
-    /// From sending a request to its first streamed event (headers included).
+    /// Streamed: from sending a request to its first event. Whole answers: from sending
+    /// the request to the response headers, so a hung provider fails over early.
     pub first_token_timeout: Duration,
-    /// Longest silence between two streamed chunks.
+    /// Longest silence between two streamed chunks (or two reads of a whole body).
     pub idle_timeout: Duration,
-    /// Bound on a whole call, retries and fallback included.
+    /// Bound on a whole call, retries and fallback included. A request's own deadline
+    /// shortens it, never lengthens it.
     pub total_timeout: Duration,
     /// Attempts per provider (1 means no retry).
     pub max_attempts: u32,
+    /// Wait before retry n is uniform in `[0, min(cap, base * 2^(n-1))]` (full jitter).
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Consecutive failed attempts that open a provider's circuit.
+    pub circuit_failures: u32,
+    /// How long an open circuit skips its provider before one probe may go through.
+    pub circuit_cooldown: Duration,
     /// Keyed by model name; a model without a price costs 0.
     pub prices: HashMap<String, Price>,
 }
@@ -102,30 +116,30 @@ pub struct LlmConfig {
 pub const DEFAULT_MODEL: &str = "gpt-4o-mini";
 
 impl LlmConfig {
-    /// From `AGENTMESH_LLM_BASE_URL`, `AGENTMESH_LLM_API_KEY` or `AGENTMESH_LLM_API_KEY_FILE`,
-    /// `AGENTMESH_LLM_MODEL` (default `gpt-4o-mini`). `Ok(None)` when no base URL is set
-    /// (an empty value counts as unset).
+    /// The `[llm]` section of the file named by `AGENTMESH_CONFIG` (if set), then the
+    /// `AGENTMESH_LLM_*` overrides. `Ok(None)` when neither configures a provider.
+    ///
+    /// The shortcut for one provider: `AGENTMESH_LLM_BASE_URL`, `AGENTMESH_LLM_API_KEY` or
+    /// `AGENTMESH_LLM_API_KEY_FILE`, `AGENTMESH_LLM_MODEL` (default `gpt-4o-mini`); an empty
+    /// value counts as unset.
     pub fn from_env() -> Result<Option<LlmConfig>, LlmError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::load(None)
     }
 
-    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<LlmConfig>, LlmError> {
-        let get = |name: &str| {
-            get(name)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
+    /// Like [`LlmConfig::from_env`], reading `path` (a `--config` flag) instead of the
+    /// file named by `AGENTMESH_CONFIG` when given.
+    pub fn load(path: Option<&Path>) -> Result<Option<LlmConfig>, LlmError> {
+        let env = |name: &str| std::env::var(name).ok();
+        let from_env = env("AGENTMESH_CONFIG").filter(|p| !p.trim().is_empty());
+        let path = path.map(Path::to_path_buf).or(from_env.map(PathBuf::from));
+        let Some(path) = path else {
+            return crate::config_file::build(None, env);
         };
-        let Some(base_url) = get("AGENTMESH_LLM_BASE_URL") else {
-            return Ok(None);
-        };
-        let model = get("AGENTMESH_LLM_MODEL").unwrap_or_else(|| DEFAULT_MODEL.to_string());
-        let mut config = LlmConfig::single("default", &base_url, &model);
-        let provider = &mut config.providers[0];
-        provider.api_key = get("AGENTMESH_LLM_API_KEY").map(Secret::new);
-        provider.api_key_file = get("AGENTMESH_LLM_API_KEY_FILE").map(PathBuf::from);
-        provider.models = Vec::new();
-        config.validate()?;
-        Ok(Some(config))
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            LlmError::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        let origin = path.display().to_string();
+        crate::config_file::build(Some((&origin, &text)), env)
     }
 
     /// One provider at `base_url` (no key) serving `model`; defaults for the rest.
@@ -141,63 +155,113 @@ impl LlmConfig {
         LlmConfig {
             providers: vec![provider],
             default_model: model.to_string(),
+            ..LlmConfig::defaults()
+        }
+    }
+
+    /// No provider, every other setting at its default.
+    pub fn defaults() -> LlmConfig {
+        LlmConfig {
+            providers: Vec::new(),
+            default_model: DEFAULT_MODEL.to_string(),
             connect_timeout: Duration::from_secs(5),
             first_token_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(30),
             total_timeout: Duration::from_secs(120),
             max_attempts: 3,
+            backoff_base: Duration::from_millis(200),
+            backoff_cap: Duration::from_secs(5),
+            circuit_failures: 5,
+            circuit_cooldown: Duration::from_secs(30),
             prices: HashMap::new(),
         }
     }
 
-    /// Checks every value and says which one is wrong.
+    /// Checks every value; a message names the bad field as it is spelled in the file.
     pub fn validate(&self) -> Result<(), LlmError> {
-        let bad = |msg: String| Err(LlmError::Config(msg));
+        let bad = |msg: &str| Err(LlmError::Config(msg.to_string()));
         if self.providers.is_empty() {
-            return bad("no LLM provider is configured".into());
+            return bad("llm.providers: no LLM provider is configured");
         }
         if self.default_model.trim().is_empty() {
-            return bad("default_model is empty".into());
+            return bad("llm.default_model is empty");
         }
         if self.max_attempts == 0 {
-            return bad("max_attempts must be at least 1".into());
+            return bad("llm.retry.max_attempts must be at least 1");
         }
-        let timeouts = [
-            ("connect_timeout", self.connect_timeout),
-            ("first_token_timeout", self.first_token_timeout),
-            ("idle_timeout", self.idle_timeout),
-            ("total_timeout", self.total_timeout),
+        if self.circuit_failures == 0 {
+            return bad("llm.circuit.failures must be at least 1");
+        }
+        let durations = [
+            ("llm.timeouts.connect", self.connect_timeout),
+            ("llm.timeouts.first_token", self.first_token_timeout),
+            ("llm.timeouts.idle", self.idle_timeout),
+            ("llm.timeouts.total", self.total_timeout),
+            ("llm.retry.backoff_base", self.backoff_base),
+            ("llm.retry.backoff_cap", self.backoff_cap),
+            ("llm.circuit.cooldown", self.circuit_cooldown),
         ];
-        if let Some((name, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
-            return bad(format!("{name} must be more than zero"));
+        if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return bad(&format!("{name} must be more than zero"));
         }
-        self.providers.iter().try_for_each(validate_provider)
+        self.validate_prices()?;
+        self.validate_providers()
+    }
+
+    fn validate_prices(&self) -> Result<(), LlmError> {
+        for (model, price) in &self.prices {
+            let fields = [
+                ("input_per_mtok", price.input_per_mtok),
+                ("output_per_mtok", price.output_per_mtok),
+            ];
+            if let Some((field, _)) = fields.iter().find(|(_, v)| !v.is_finite() || *v < 0.0) {
+                let msg = format!("llm.prices.{model:?}.{field} must be a number >= 0");
+                return Err(LlmError::Config(msg));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_providers(&self) -> Result<(), LlmError> {
+        let mut seen = HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            validate_provider(i, p)?;
+            if !seen.insert(p.name.as_str()) {
+                let msg = format!("llm.providers[{i}].name: {:?} is used twice", p.name);
+                return Err(LlmError::Config(msg));
+            }
+        }
+        Ok(())
     }
 }
 
-fn validate_provider(p: &ProviderConfig) -> Result<(), LlmError> {
+fn validate_provider(i: usize, p: &ProviderConfig) -> Result<(), LlmError> {
+    let field = |name: &str| format!("llm.providers[{i}].{name}");
+    let bad = |msg: String| Err(LlmError::Config(msg));
     if p.name.trim().is_empty() {
-        return Err(LlmError::Config("a provider has an empty name".into()));
+        return bad(format!("{} is empty", field("name")));
     }
-    let url = url::Url::parse(&p.base_url).map_err(|e| {
-        LlmError::Config(format!(
-            "provider {}: base_url {:?} is not a URL: {e}",
-            p.name, p.base_url
-        ))
-    })?;
+    let url = match url::Url::parse(&p.base_url) {
+        Ok(url) => url,
+        Err(e) => {
+            let msg = format!("{} {:?} is not a URL: {e}", field("base_url"), p.base_url);
+            return bad(msg);
+        }
+    };
     if !matches!(url.scheme(), "http" | "https") {
-        let msg = format!(
-            "provider {}: base_url must start with http:// or https://",
-            p.name
-        );
-        return Err(LlmError::Config(msg));
+        let msg = format!("{} must start with http:// or https://", field("base_url"));
+        return bad(msg);
     }
     if p.api_key.is_some() && p.api_key_file.is_some() {
-        let msg = format!(
-            "provider {}: set either an API key or a key file, not both",
+        return bad(format!(
+            "{} and {}: set either an API key or a key file, not both (provider {})",
+            field("api_key"),
+            field("api_key_file"),
             p.name
-        );
-        return Err(LlmError::Config(msg));
+        ));
+    }
+    if p.models.iter().any(|m| m.trim().is_empty()) {
+        return bad(format!("{} has an empty model name", field("models")));
     }
     Ok(())
 }
@@ -205,14 +269,6 @@ fn validate_provider(p: &ProviderConfig) -> Result<(), LlmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |name| vars.get(name).cloned()
-    }
 
     #[test]
     fn secret_never_prints() {
@@ -227,41 +283,28 @@ mod tests {
     }
 
     #[test]
-    fn env_unset_or_empty_is_none() {
-        assert_eq!(LlmConfig::from_lookup(env(&[])).unwrap(), None);
-        assert_eq!(
-            LlmConfig::from_lookup(env(&[("AGENTMESH_LLM_BASE_URL", " ")])).unwrap(),
-            None
-        );
-    }
-
-    #[test]
-    fn env_builds_one_provider() {
-        let vars = env(&[
-            ("AGENTMESH_LLM_BASE_URL", "http://127.0.0.1:9000/v1/"),
-            ("AGENTMESH_LLM_API_KEY", "sk-1"),
-        ]);
-        let config = LlmConfig::from_lookup(vars).unwrap().unwrap();
-        assert_eq!(config.default_model, "gpt-4o-mini");
-        assert_eq!(config.providers[0].base_url, "http://127.0.0.1:9000/v1");
-        assert_eq!(
-            config.providers[0].api_key.as_ref().unwrap().expose(),
-            "sk-1"
-        );
-    }
-
-    #[test]
-    fn env_rejects_bad_url_and_two_keys() {
-        let vars = env(&[("AGENTMESH_LLM_BASE_URL", "localhost:9000")]);
-        let err = LlmConfig::from_lookup(vars).unwrap_err();
-        assert!(err.to_string().contains("base_url"), "{err}");
-        let vars = env(&[
-            ("AGENTMESH_LLM_BASE_URL", "http://x/v1"),
-            ("AGENTMESH_LLM_API_KEY", "k"),
-            ("AGENTMESH_LLM_API_KEY_FILE", "/run/key"),
-        ]);
-        let err = LlmConfig::from_lookup(vars).unwrap_err();
-        assert!(err.to_string().contains("not both"), "{err}");
+    fn validation_names_the_field() {
+        let base = LlmConfig::single("a", "http://x/v1", "m");
+        let check = |edit: &dyn Fn(&mut LlmConfig)| {
+            let mut config = base.clone();
+            edit(&mut config);
+            config.validate().unwrap_err().to_string()
+        };
+        assert!(check(&|c| c.max_attempts = 0).contains("llm.retry.max_attempts"));
+        assert!(check(&|c| c.circuit_cooldown = Duration::ZERO).contains("llm.circuit.cooldown"));
+        let err = check(&|c| c.providers[0].base_url = "ftp://x".into());
+        assert!(err.contains("llm.providers[0].base_url"), "{err}");
+        let err = check(&|c| c.providers.push(c.providers[0].clone()));
+        assert!(err.contains("llm.providers[1].name"), "{err}");
+        let err = check(&|c| {
+            let price = Price {
+                input_per_mtok: -1.0,
+                output_per_mtok: 0.0,
+            };
+            c.prices.insert("m".into(), price);
+        });
+        assert!(err.contains("llm.prices.\"m\".input_per_mtok"), "{err}");
+        assert!(base.validate().is_ok());
     }
 
     #[test]

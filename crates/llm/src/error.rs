@@ -15,7 +15,10 @@ pub enum LlmError {
     #[error("no configured LLM provider serves model {model:?}")]
     UnknownModel { model: String },
 
-    #[error("provider {provider} rejected our API key (status {status}): check or rotate the key")]
+    #[error(
+        "provider {provider} rejected our API key (status {status}): the key is invalid or \
+         expired; check or rotate it"
+    )]
     Auth { provider: String, status: u16 },
 
     #[error("provider {provider} is rate limiting us{}", retry_hint(.retry_after))]
@@ -49,6 +52,17 @@ pub enum LlmError {
 
     #[error("provider {provider} sent an answer we cannot read: {message}")]
     InvalidResponse { provider: String, message: String },
+
+    /// Every provider for the model is skipped because its circuit is open; `provider` is
+    /// the last one skipped and `retry_in` when the soonest one lets a probe through.
+    #[error(
+        "provider {provider} is failing and was skipped (circuit open); every provider for \
+         this model is unavailable, next try in {}", secs(.retry_in)
+    )]
+    CircuitOpen {
+        provider: String,
+        retry_in: Duration,
+    },
 }
 
 fn retry_hint(retry_after: &Option<Duration>) -> String {
@@ -73,6 +87,7 @@ impl LlmError {
             LlmError::Config(_) => 500,
             LlmError::UnknownModel { .. } | LlmError::BadRequest { .. } => 400,
             LlmError::Timeout { .. } => 504,
+            LlmError::CircuitOpen { .. } => 503,
             LlmError::Auth { .. }
             | LlmError::RateLimited { .. }
             | LlmError::Upstream { .. }
@@ -95,6 +110,7 @@ impl LlmError {
             LlmError::Connect { .. } => "connect",
             LlmError::Stream { .. } => "stream",
             LlmError::InvalidResponse { .. } => "invalid_response",
+            LlmError::CircuitOpen { .. } => "circuit_open",
         }
     }
 
@@ -109,7 +125,8 @@ impl LlmError {
             | LlmError::BadRequest { provider, .. }
             | LlmError::Connect { provider, .. }
             | LlmError::Stream { provider, .. }
-            | LlmError::InvalidResponse { provider, .. } => Some(provider),
+            | LlmError::InvalidResponse { provider, .. }
+            | LlmError::CircuitOpen { provider, .. } => Some(provider),
         }
     }
 
@@ -117,6 +134,7 @@ impl LlmError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             LlmError::RateLimited { retry_after, .. } => *retry_after,
+            LlmError::CircuitOpen { retry_in, .. } => Some(*retry_in),
             _ => None,
         }
     }
@@ -136,7 +154,8 @@ mod tests {
         assert_eq!(err.provider(), Some("openai"));
         assert_eq!(
             err.to_string(),
-            "provider openai rejected our API key (status 401): check or rotate the key"
+            "provider openai rejected our API key (status 401): the key is invalid or expired; \
+             check or rotate it"
         );
     }
 

@@ -1,7 +1,10 @@
-//! Reads a streamed response body into events, enforcing first-token, idle and total limits.
+//! Reads a streamed response body into events, enforcing first-token, idle and total limits,
+//! and reports the answer's usage exactly once (estimated when the provider sent none or
+//! the caller dropped the stream).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,12 +13,32 @@ use tokio::time::Instant;
 
 use crate::client::error_chain;
 use crate::sse::{ChunkDecoder, SseLines, StreamFault};
-use crate::{LlmConfig, LlmError, LlmEvent, Price};
+use crate::usage::{estimate, SharedSink, UsageOutcome, UsageReport};
+use crate::{LlmError, LlmEvent, Price, Usage};
 
 type Body = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
+/// Time limits of one streamed attempt.
+pub(crate) struct Limits {
+    /// When the first-token limit runs out (counted from sending the request).
+    pub first_by: Instant,
+    pub first_token: Duration,
+    pub idle: Duration,
+    /// When the whole call must end, and how to name that limit in an error.
+    pub deadline: Instant,
+    pub deadline_what: &'static str,
+    pub deadline_limit: Duration,
+}
+
+/// What the reader needs to report usage.
+pub(crate) struct Billing {
+    pub sink: SharedSink,
+    pub prices: Arc<HashMap<String, Price>>,
+    pub prompt_chars: usize,
+}
+
 /// Owns the response body: dropping the reader closes the connection, which cancels
-/// the generation upstream.
+/// the generation upstream, and reports the tokens seen so far.
 pub(crate) struct EventReader {
     provider: String,
     body: Body,
@@ -25,33 +48,13 @@ pub(crate) struct EventReader {
     ended: bool,
     /// Until the first event: when the first-token limit runs out.
     first_by: Option<Instant>,
-    deadline: Instant,
-    first_token: Duration,
-    idle: Duration,
-    total: Duration,
-}
-
-/// Time limits of one streamed attempt.
-pub(crate) struct Limits {
-    /// When the first-token limit runs out (counted from sending the request).
-    pub first_by: Instant,
-    /// When the whole call's total limit runs out.
-    pub deadline: Instant,
-    pub first_token: Duration,
-    pub idle: Duration,
-    pub total: Duration,
-}
-
-impl Limits {
-    pub fn new(config: &LlmConfig, first_by: Instant, deadline: Instant) -> Limits {
-        Limits {
-            first_by,
-            deadline,
-            first_token: config.first_token_timeout,
-            idle: config.idle_timeout,
-            total: config.total_timeout,
-        }
-    }
+    limits: Limits,
+    sink: SharedSink,
+    prompt_chars: usize,
+    completion_chars: usize,
+    /// The provider's own count, once it sent one.
+    usage: Option<Usage>,
+    reported: bool,
 }
 
 impl EventReader {
@@ -59,21 +62,23 @@ impl EventReader {
         provider: &str,
         response: reqwest::Response,
         model: &str,
-        price: Price,
+        billing: Billing,
         limits: Limits,
     ) -> Self {
         EventReader {
             provider: provider.to_string(),
             body: Box::pin(response.bytes_stream()),
             lines: SseLines::default(),
-            chunks: ChunkDecoder::new(model, price),
+            chunks: ChunkDecoder::new(model, billing.prices),
             pending: VecDeque::new(),
             ended: false,
             first_by: Some(limits.first_by),
-            deadline: limits.deadline,
-            first_token: limits.first_token,
-            idle: limits.idle,
-            total: limits.total,
+            limits,
+            sink: billing.sink,
+            prompt_chars: billing.prompt_chars,
+            completion_chars: 0,
+            usage: None,
+            reported: false,
         }
     }
 
@@ -90,6 +95,7 @@ impl EventReader {
             if let Err(err) = self.read().await {
                 self.ended = true;
                 self.pending.clear();
+                self.report(UsageOutcome::Failed);
                 return Some(Err(err));
             }
         }
@@ -122,7 +128,7 @@ impl EventReader {
     fn decode(&mut self, payloads: Vec<String>) -> Result<(), LlmError> {
         for payload in payloads {
             let events = self.chunks.payload(&payload).map_err(|f| self.fault(f))?;
-            self.pending.extend(events);
+            events.into_iter().for_each(|e| self.accept(e));
         }
         self.ended = self.chunks.is_done();
         Ok(())
@@ -132,19 +138,68 @@ impl EventReader {
         let payloads = self.lines.finish().map_err(|f| self.fault(f))?;
         self.decode(payloads)?;
         let done = self.chunks.finish().map_err(|f| self.fault(f))?;
-        self.pending.extend(done);
+        done.into_iter().for_each(|e| self.accept(e));
         self.ended = true;
         Ok(())
     }
 
-    /// The tighter of the first-token (or idle) limit and the total deadline.
-    fn wait_limit(&self) -> (Instant, &'static str, Duration) {
-        let (until, what, limit) = match self.first_by {
-            Some(first_by) => (first_by, "first token", self.first_token),
-            None => (Instant::now() + self.idle, "idle", self.idle),
+    /// Counts what an event says, and puts an estimated `Usage` before `Done` when the
+    /// provider sent none.
+    fn accept(&mut self, event: LlmEvent) {
+        match &event {
+            LlmEvent::Delta(text) => self.completion_chars += text.chars().count(),
+            LlmEvent::ToolCall {
+                name, arguments, ..
+            } => {
+                let name = name.as_deref().map_or(0, |n| n.chars().count());
+                self.completion_chars += name + arguments.chars().count();
+            }
+            LlmEvent::Usage(usage) => self.usage = Some(*usage),
+            LlmEvent::Done { .. } => {
+                if self.usage.is_none() {
+                    self.pending.push_back(LlmEvent::Usage(self.estimate()));
+                }
+                self.report(UsageOutcome::Finished);
+            }
+        }
+        self.pending.push_back(event);
+    }
+
+    fn estimate(&self) -> Usage {
+        estimate(
+            self.prompt_chars,
+            self.completion_chars,
+            &self.chunks.price(),
+        )
+    }
+
+    fn report(&mut self, outcome: UsageOutcome) {
+        if self.reported {
+            return;
+        }
+        self.reported = true;
+        let (usage, estimated) = match self.usage {
+            Some(usage) => (usage, false),
+            None => (self.estimate(), true),
         };
-        if self.deadline < until {
-            (self.deadline, "total", self.total)
+        self.sink.record(UsageReport {
+            provider: self.provider.clone(),
+            model: self.chunks.model().to_string(),
+            usage,
+            estimated,
+            outcome,
+        });
+    }
+
+    /// The tighter of the first-token (or idle) limit and the call's deadline.
+    fn wait_limit(&self) -> (Instant, &'static str, Duration) {
+        let l = &self.limits;
+        let (until, what, limit) = match self.first_by {
+            Some(first_by) => (first_by, "first token", l.first_token),
+            None => (Instant::now() + l.idle, "idle", l.idle),
+        };
+        if l.deadline < until {
+            (l.deadline, l.deadline_what, l.deadline_limit)
         } else {
             (until, what, limit)
         }
@@ -155,5 +210,11 @@ impl EventReader {
             provider: self.provider.clone(),
             message: fault.0,
         }
+    }
+}
+
+impl Drop for EventReader {
+    fn drop(&mut self) {
+        self.report(UsageOutcome::Dropped);
     }
 }

@@ -6,9 +6,6 @@ use rand::Rng;
 
 use crate::LlmError;
 
-const BACKOFF_BASE: Duration = Duration::from_millis(200);
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
-
 /// What to do after a failed attempt.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -18,6 +15,18 @@ pub(crate) enum Next {
     Fallback,
     /// No provider will do better (the request itself is wrong).
     Stop,
+}
+
+/// Whether a failed attempt counts against the provider's circuit: the provider, not the
+/// request or our own configuration, was at fault.
+pub(crate) fn blames_provider(err: &LlmError) -> bool {
+    !matches!(
+        err,
+        LlmError::BadRequest { .. }
+            | LlmError::Config(_)
+            | LlmError::UnknownModel { .. }
+            | LlmError::CircuitOpen { .. }
+    )
 }
 
 /// Errors seen before any byte reached the caller.
@@ -32,6 +41,7 @@ pub(crate) fn next_step(err: &LlmError) -> Next {
         LlmError::Auth { .. } | LlmError::Upstream { .. } | LlmError::InvalidResponse { .. } => {
             Next::Fallback
         }
+        LlmError::CircuitOpen { .. } => Next::Fallback,
         LlmError::BadRequest { .. } | LlmError::Config(_) | LlmError::UnknownModel { .. } => {
             Next::Stop
         }
@@ -40,9 +50,9 @@ pub(crate) fn next_step(err: &LlmError) -> Next {
 
 /// Full jitter: a uniform wait between zero and `base * 2^attempt`, capped.
 /// `attempt` counts the failures so far on this provider, from 1.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
-    let ceiling = exp.min(BACKOFF_CAP);
+pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
+    let ceiling = exp.min(cap);
     let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(rand::rng().random_range(0..=millis))
 }
@@ -88,14 +98,15 @@ mod tests {
 
     #[test]
     fn backoff_stays_within_exponential_cap() {
+        let (base, cap) = (Duration::from_millis(200), Duration::from_secs(5));
         for attempt in 1..12 {
-            let limit = (BACKOFF_BASE * 2u32.pow(attempt - 1)).min(BACKOFF_CAP);
+            let limit = (base * 2u32.pow(attempt - 1)).min(cap);
             for _ in 0..50 {
-                assert!(backoff(attempt) <= limit);
+                assert!(backoff(attempt, base, cap) <= limit);
             }
         }
         // Full jitter: over many draws the waits are spread, not constant.
-        let draws: std::collections::HashSet<_> = (0..50).map(|_| backoff(5)).collect();
+        let draws: std::collections::HashSet<_> = (0..50).map(|_| backoff(5, base, cap)).collect();
         assert!(draws.len() > 10);
     }
 

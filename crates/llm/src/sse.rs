@@ -3,8 +3,12 @@
 //! Bytes are buffered and split on `\n`; only whole lines are decoded as UTF-8, so a
 //! character cut across two network reads is never garbled.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde_json::Value;
 
+use crate::usage::price_for;
 use crate::{LlmEvent, Price, Usage};
 
 /// Why the stream cannot be read further (the caller wraps it with the provider name).
@@ -67,16 +71,19 @@ impl SseLines {
 /// Turns chunk payloads into events and knows whether the stream finished properly.
 #[derive(Debug)]
 pub(crate) struct ChunkDecoder {
-    price: Price,
+    prices: Arc<HashMap<String, Price>>,
+    asked: String,
+    /// The model the provider names in its chunks (the one asked for until it does).
     model: String,
     finish_reason: Option<String>,
     done: bool,
 }
 
 impl ChunkDecoder {
-    pub fn new(model: &str, price: Price) -> ChunkDecoder {
+    pub fn new(model: &str, prices: Arc<HashMap<String, Price>>) -> ChunkDecoder {
         ChunkDecoder {
-            price,
+            prices,
+            asked: model.to_string(),
             model: model.to_string(),
             finish_reason: None,
             done: false,
@@ -85,6 +92,16 @@ impl ChunkDecoder {
 
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// The model that answered, as the provider named it (else the one asked for).
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The price of the answering model, falling back to the one asked for.
+    pub fn price(&self) -> Price {
+        price_for(&self.prices, &self.model, &self.asked)
     }
 
     /// Events carried by one `data` payload. Payloads after `[DONE]` are ignored.
@@ -112,7 +129,7 @@ impl ChunkDecoder {
             self.choice(choice, &mut events);
         }
         if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
-            events.push(LlmEvent::Usage(parse_usage(usage, &self.price)));
+            events.push(LlmEvent::Usage(parse_usage(usage, &self.price())));
         }
         Ok(events)
     }
@@ -199,13 +216,12 @@ mod tests {
     /// Runs the whole pipeline over the given network reads.
     fn decode(reads: &[&[u8]]) -> Result<Vec<LlmEvent>, StreamFault> {
         let mut lines = SseLines::default();
-        let mut chunks = ChunkDecoder::new(
-            "asked",
-            Price {
-                input_per_mtok: 1.0,
-                output_per_mtok: 2.0,
-            },
-        );
+        let price = Price {
+            input_per_mtok: 1.0,
+            output_per_mtok: 2.0,
+        };
+        let prices = Arc::new(HashMap::from([("asked".to_string(), price)]));
+        let mut chunks = ChunkDecoder::new("asked", prices);
         let mut events = Vec::new();
         for read in reads {
             for payload in lines.push(read)? {

@@ -53,6 +53,9 @@ pub struct CompletionRequest {
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
     pub tools: Vec<ToolSpec>,
+    /// The caller's own deadline (for an agent: its gRPC deadline). Every attempt, retry
+    /// wait and fallback ends by then; None means only the configured total timeout.
+    pub deadline: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

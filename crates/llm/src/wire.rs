@@ -1,11 +1,13 @@
 //! The OpenAI chat completions wire format: request bodies, whole responses, error statuses.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Map, Value};
 
 use crate::retry::parse_retry_after;
 use crate::sse::{error_text, parse_usage};
+use crate::usage::price_for;
 use crate::{ChatMessage, Completion, CompletionRequest, LlmError, Price, ToolCall};
 
 /// Longest provider error text kept in our own error message.
@@ -79,13 +81,14 @@ fn message(m: &ChatMessage) -> Value {
     Value::Object(out)
 }
 
-/// Reads a whole (non-streamed) response body.
+/// Reads a whole (non-streamed) response body. The flag says whether the provider
+/// reported usage (else the usage is zero and the caller estimates it).
 pub(crate) fn parse_completion(
     provider: &str,
     body: &[u8],
     asked_model: &str,
-    price: &Price,
-) -> Result<Completion, LlmError> {
+    prices: &HashMap<String, Price>,
+) -> Result<(Completion, bool), LlmError> {
     let invalid = |message: String| LlmError::InvalidResponse {
         provider: provider.into(),
         message,
@@ -105,20 +108,22 @@ pub(crate) fn parse_completion(
     let message = choice.get("message").unwrap_or(&Value::Null);
     let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
     let tool_calls = message.get("tool_calls").and_then(Value::as_array);
-    Ok(Completion {
+    let model = value
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .unwrap_or(asked_model)
+        .to_string();
+    let usage = value.get("usage").filter(|u| u.is_object());
+    let price = price_for(prices, &model, asked_model);
+    let completion = Completion {
         content: text(message.get("content")),
         tool_calls: tool_calls.into_iter().flatten().map(tool_call).collect(),
         finish_reason: text(choice.get("finish_reason")),
-        model: value
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or(asked_model)
-            .to_string(),
-        usage: value
-            .get("usage")
-            .map(|u| parse_usage(u, price))
-            .unwrap_or_default(),
-    })
+        usage: usage.map(|u| parse_usage(u, &price)).unwrap_or_default(),
+        model,
+    };
+    Ok((completion, usage.is_some()))
 }
 
 fn tool_call(call: &Value) -> ToolCall {
@@ -245,14 +250,16 @@ mod tests {
             ]}, "finish_reason": "tool_calls"}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
         });
-        let price = Price::default();
-        let c = parse_completion("p", body.to_string().as_bytes(), "asked", &price).unwrap();
+        let prices = HashMap::new();
+        let (c, has_usage) =
+            parse_completion("p", body.to_string().as_bytes(), "asked", &prices).unwrap();
+        assert!(has_usage);
         assert_eq!(c.content, "");
         assert_eq!(c.model, "gpt-x");
         assert_eq!(c.finish_reason, "tool_calls");
         assert_eq!(c.tool_calls[0].name, "search_documents");
         assert_eq!((c.usage.prompt_tokens, c.usage.completion_tokens), (10, 4));
-        let err = parse_completion("p", b"<html>", "asked", &price).unwrap_err();
+        let err = parse_completion("p", b"<html>", "asked", &prices).unwrap_err();
         assert_eq!(err.kind(), "invalid_response");
     }
 

@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::config::{MockToolCall, Rule};
+use crate::config::{MockToolCall, Rule, ToolDeltas};
 use crate::plan::{count_words, Prompt};
 
 /// What the model "says".
@@ -111,7 +111,12 @@ pub(crate) struct Frames {
     pub closing: Vec<String>,
 }
 
-pub(crate) fn frames(prompt: &Prompt, answer: &Answer, request_no: u64) -> Frames {
+pub(crate) fn frames(
+    prompt: &Prompt,
+    answer: &Answer,
+    request_no: u64,
+    style: ToolDeltas,
+) -> Frames {
     let chunk = |choices: Value, usage: Value| {
         let chunk = json!({
             "id": format!("chatcmpl-mock-{request_no}"),
@@ -133,7 +138,10 @@ pub(crate) fn frames(prompt: &Prompt, answer: &Answer, request_no: u64) -> Frame
         Answer::Text(text) => words(text)
             .map(|w| delta(json!({"content": w}), Value::Null))
             .collect(),
-        Answer::Tools(calls) => tool_deltas(calls).map(|d| delta(d, Value::Null)).collect(),
+        Answer::Tools(calls) => tool_deltas(calls, style)
+            .into_iter()
+            .map(|d| delta(d, Value::Null))
+            .collect(),
     };
     let mut closing = vec![delta(json!({}), json!(answer.finish_reason()))];
     if prompt.include_usage {
@@ -152,19 +160,64 @@ fn words(text: &str) -> impl Iterator<Item = &str> {
     text.split_inclusive(char::is_whitespace)
 }
 
-/// The first delta of each call carries id and name; its arguments follow in pieces.
-fn tool_deltas(calls: &[(String, String, String)]) -> impl Iterator<Item = Value> + '_ {
-    calls
+/// Characters of arguments per delta in the interleaved style.
+const PIECE_CHARS: usize = 4;
+
+fn tool_deltas(calls: &[(String, String, String)], style: ToolDeltas) -> Vec<Value> {
+    let per_call: Vec<Vec<Value>> = calls
         .iter()
         .enumerate()
-        .flat_map(|(index, (id, name, args))| {
-            let head = json!({"tool_calls": [{"index": index, "id": id, "type": "function",
-                                          "function": {"name": name, "arguments": ""}}]});
-            let pieces = split_in_two(args).into_iter().map(move |piece| {
-            json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-        });
-            std::iter::once(head).chain(pieces)
+        .map(|(index, call)| call_deltas(index, call, style))
+        .collect();
+    match style {
+        ToolDeltas::Split | ToolDeltas::Single => per_call.into_iter().flatten().collect(),
+        ToolDeltas::Interleaved => interleave(per_call),
+    }
+}
+
+/// One call's deltas: split (head with id and name, arguments in two halves), single
+/// (everything at once) or interleaved (id, name, then small argument pieces).
+fn call_deltas(
+    index: usize,
+    (id, name, args): &(String, String, String),
+    style: ToolDeltas,
+) -> Vec<Value> {
+    let wrap = |call: Value| json!({"tool_calls": [call]});
+    let piece = |text: String| wrap(json!({"index": index, "function": {"arguments": text}}));
+    match style {
+        ToolDeltas::Single => vec![wrap(json!({"index": index, "id": id, "type": "function",
+            "function": {"name": name, "arguments": args}}))],
+        ToolDeltas::Split => {
+            let head = wrap(json!({"index": index, "id": id, "type": "function",
+                "function": {"name": name, "arguments": ""}}));
+            std::iter::once(head)
+                .chain(split_in_two(args).into_iter().map(piece))
+                .collect()
+        }
+        ToolDeltas::Interleaved => {
+            let head = [
+                wrap(json!({"index": index, "id": id, "type": "function"})),
+                wrap(json!({"index": index, "function": {"name": name}})),
+            ];
+            let chars: Vec<char> = args.chars().collect();
+            let pieces = chars.chunks(PIECE_CHARS).map(|c| piece(c.iter().collect()));
+            head.into_iter().chain(pieces).collect()
+        }
+    }
+}
+
+/// Round robin: the first delta of each call, then the second of each, and so on.
+fn interleave(lists: Vec<Vec<Value>>) -> Vec<Value> {
+    let longest = lists.iter().map(Vec::len).max().unwrap_or(0);
+    let mut iters: Vec<_> = lists.into_iter().map(Vec::into_iter).collect();
+    (0..longest)
+        .flat_map(|_| {
+            iters
+                .iter_mut()
+                .filter_map(Iterator::next)
+                .collect::<Vec<_>>()
         })
+        .collect()
 }
 
 fn split_in_two(text: &str) -> Vec<String> {
@@ -218,7 +271,7 @@ mod tests {
             ("c0".into(), "a".into(), "{\"q\":1}".into()),
             ("c1".into(), "b".into(), "{}".into()),
         ]);
-        let f = frames(&prompt, &answer, 7);
+        let f = frames(&prompt, &answer, 7, ToolDeltas::Split);
         let calls: Vec<Value> = f
             .content
             .iter()

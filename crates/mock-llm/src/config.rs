@@ -17,6 +17,9 @@ pub struct MockConfig {
     pub rules: Vec<Rule>,
     /// Pause before each streamed chunk unless a rule sets `delay_ms`.
     pub chunk_delay: Duration,
+    /// When not empty, a request must send `Authorization: Bearer <one of these>` or it
+    /// gets a 401. Changed at run time with `MockLlm::set_api_keys` (key rotation tests).
+    pub api_keys: Vec<String>,
 }
 
 impl Default for MockConfig {
@@ -25,6 +28,7 @@ impl Default for MockConfig {
             model: "mock".into(),
             rules: Vec::new(),
             chunk_delay: Duration::ZERO,
+            api_keys: Vec::new(),
         }
     }
 }
@@ -37,6 +41,8 @@ struct RawConfig {
     rules: Vec<Rule>,
     #[serde(default)]
     chunk_delay_ms: u64,
+    #[serde(default)]
+    api_keys: Vec<String>,
 }
 
 impl MockConfig {
@@ -65,6 +71,7 @@ impl MockConfig {
             model: raw.model.unwrap_or_else(|| MockConfig::default().model),
             rules: raw.rules,
             chunk_delay: Duration::from_millis(raw.chunk_delay_ms),
+            api_keys: raw.api_keys,
         };
         config.validate()?;
         Ok(config)
@@ -114,6 +121,30 @@ pub struct Rule {
     pub split_utf8: bool,
     /// Pause before each streamed chunk (and before a whole answer).
     pub delay_ms: Option<u64>,
+    /// Pause before the response headers (the first byte), streamed or not.
+    pub first_byte_delay_ms: Option<u64>,
+    /// Streamed answers leave out the usage chunk even when the request asks for it.
+    #[serde(default)]
+    pub omit_usage: bool,
+    /// The model named in the answer (default: the model asked for).
+    pub response_model: Option<String>,
+    /// How streamed tool calls are cut into deltas.
+    #[serde(default)]
+    pub tool_deltas: ToolDeltas,
+}
+
+/// How a streamed tool call is cut into deltas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolDeltas {
+    /// A head delta with id and name, then the arguments in two halves; calls one by one.
+    #[default]
+    Split,
+    /// Each call whole (id, name and arguments) in one delta.
+    Single,
+    /// Id, then name, then arguments a few characters at a time, parallel calls
+    /// interleaved delta by delta.
+    Interleaved,
 }
 
 /// A tool call the mock makes; `arguments` is sent as JSON text.

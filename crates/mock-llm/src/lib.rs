@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{MockConfig, MockToolCall, RetryAfter, Rule};
+pub use config::{MockConfig, MockToolCall, RetryAfter, Rule, ToolDeltas};
 use server::Shared;
 
 /// How long shutdown waits for open connections before cutting them.
@@ -90,6 +90,39 @@ impl MockLlm {
         self.shared
             .in_flight_max
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The `Authorization` header of every chat completions request, in arrival order.
+    pub fn auth_headers(&self) -> Vec<Option<String>> {
+        self.shared
+            .auth
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// When each chat completions request arrived, counted from the server's start.
+    pub fn arrivals(&self) -> Vec<Duration> {
+        self.shared
+            .arrivals
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// Requests whose client went away before the answer was fully sent (a dropped stream,
+    /// a timed-out hang): the server saw the cancellation.
+    pub fn cancelled(&self) -> usize {
+        self.shared
+            .cancelled
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Replaces the accepted API keys (empty: any request is accepted).
+    pub fn set_api_keys(&self, keys: &[&str]) {
+        if let Ok(mut accepted) = self.shared.api_keys.lock() {
+            *accepted = keys.iter().map(|k| k.to_string()).collect();
+        }
     }
 
     /// Chat completions requests open right now (a stream counts until its body ends).

@@ -3,11 +3,11 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,6 +28,11 @@ pub(crate) struct Shared {
     pub requests: Mutex<Vec<Value>>,
     pub in_flight: AtomicUsize,
     pub in_flight_max: AtomicUsize,
+    pub cancelled: AtomicUsize,
+    pub auth: Mutex<Vec<Option<String>>>,
+    pub arrivals: Mutex<Vec<Duration>>,
+    pub api_keys: Mutex<Vec<String>>,
+    started: Instant,
     seq: AtomicU64,
     /// Flips to true on shutdown; hanging answers wait for it.
     stopping: watch::Receiver<bool>,
@@ -36,12 +41,18 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn new(config: MockConfig, stopping: watch::Receiver<bool>) -> Shared {
         let used = config.rules.iter().map(|_| AtomicU32::new(0)).collect();
+        let api_keys = Mutex::new(config.api_keys.clone());
         Shared {
             config,
             used,
             requests: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             in_flight_max: AtomicUsize::new(0),
+            cancelled: AtomicUsize::new(0),
+            auth: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(Vec::new()),
+            api_keys,
+            started: Instant::now(),
             seq: AtomicU64::new(0),
             stopping,
         }
@@ -51,22 +62,50 @@ impl Shared {
         let mut stopping = self.stopping.clone();
         let _ = stopping.wait_for(|stop| *stop).await;
     }
+
+    /// Records the request's arrival and key; false when the key is not accepted.
+    fn admit(&self, headers: &HeaderMap) -> bool {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Ok(mut arrivals) = self.arrivals.lock() {
+            arrivals.push(self.started.elapsed());
+        }
+        if let Ok(mut seen) = self.auth.lock() {
+            seen.push(auth.clone());
+        }
+        let Ok(keys) = self.api_keys.lock() else {
+            return false;
+        };
+        let sent = auth.as_deref().and_then(|a| a.strip_prefix("Bearer "));
+        keys.is_empty() || sent.is_some_and(|sent| keys.iter().any(|k| k == sent))
+    }
 }
 
-/// Counts a request as in flight until dropped (for streams: until the body ends).
-struct InFlight(Arc<Shared>);
+/// Counts a request as in flight until dropped (for streams: until the body ends). Dropped
+/// before `finish`, the client went away: a cancellation.
+struct InFlight(Arc<Shared>, bool);
 
 impl InFlight {
     fn new(shared: &Arc<Shared>) -> InFlight {
         let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         shared.in_flight_max.fetch_max(now, Ordering::SeqCst);
-        InFlight(shared.clone())
+        InFlight(shared.clone(), false)
+    }
+
+    fn finish(mut self) {
+        self.1 = true;
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if !self.1 {
+            self.0.cancelled.fetch_add(1, Ordering::SeqCst);
+            tracing::debug!("mock request cancelled by the client");
+        }
     }
 }
 
@@ -84,47 +123,75 @@ async fn models(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(json!({"object": "list", "data": [model]}))
 }
 
-async fn chat_completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn chat_completions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let guard = InFlight::new(&shared);
+    let admitted = shared.admit(&headers);
     let body: Value = match serde_json::from_slice(&body) {
         Ok(body) => body,
-        Err(e) => return error(400, &format!("body is not valid JSON: {e}"), None),
+        Err(e) => {
+            return finished(
+                guard,
+                error(400, &format!("body is not valid JSON: {e}"), None),
+            )
+        }
     };
     if let Ok(mut requests) = shared.requests.lock() {
         requests.push(body.clone());
     }
+    if !admitted {
+        return finished(guard, error(401, "Incorrect API key provided", None));
+    }
     let prompt = match Prompt::parse(&body, &shared.config.model) {
         Ok(prompt) => prompt,
-        Err(message) => return error(400, &message, None),
+        Err(message) => return finished(guard, error(400, &message, None)),
     };
     let request_no = shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
     let rule = pick(&shared.config, &shared.used, &prompt).cloned();
     tracing::debug!(request_no, model = %prompt.model, stream = prompt.stream, "mock request");
-    respond(guard, &prompt, rule.unwrap_or_default(), request_no).await
+    respond(guard, prompt, rule.unwrap_or_default(), request_no).await
 }
 
-async fn respond(guard: InFlight, prompt: &Prompt, rule: Rule, request_no: u64) -> Response {
+fn finished(guard: InFlight, response: Response) -> Response {
+    guard.finish();
+    response
+}
+
+async fn respond(guard: InFlight, mut prompt: Prompt, rule: Rule, request_no: u64) -> Response {
+    if let Some(ms) = rule.first_byte_delay_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     if let Some(status) = rule.status {
         let message = rule
             .message
             .clone()
             .unwrap_or_else(|| format!("mock fault {status}"));
         let retry_after = rule.retry_after.as_ref().map(ToString::to_string);
-        return error(status, &message, retry_after.as_deref());
+        return finished(guard, error(status, &message, retry_after.as_deref()));
     }
     if rule.hang {
         guard.0.stopped().await;
-        return error(503, "the mock is shutting down", None);
+        return finished(guard, error(503, "the mock is shutting down", None));
     }
-    let answer = Answer::new(&rule, prompt, request_no);
+    if let Some(model) = &rule.response_model {
+        prompt.model.clone_from(model);
+    }
+    prompt.include_usage &= !rule.omit_usage;
+    let answer = Answer::new(&rule, &prompt, request_no);
     let delay = rule
         .delay_ms
         .map_or(guard.0.config.chunk_delay, Duration::from_millis);
     if !prompt.stream {
         tokio::time::sleep(delay).await;
-        return Json(whole(prompt, &answer, request_no)).into_response();
+        return finished(
+            guard,
+            Json(whole(&prompt, &answer, request_no)).into_response(),
+        );
     }
-    let frames = frames(prompt, &answer, request_no);
+    let frames = frames(&prompt, &answer, request_no, rule.tool_deltas);
     let body = Body::from_stream(sse_body(guard, frames, rule, delay));
     let content_type = HeaderValue::from_static("text/event-stream");
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
@@ -143,10 +210,12 @@ fn sse_body(
         yield Ok(Bytes::from(opening));
         for (i, frame) in content.into_iter().enumerate() {
             if i >= cut {
+                guard.finish();
                 return;
             }
             if i >= stall {
                 guard.0.stopped().await;
+                guard.finish();
                 return;
             }
             tokio::time::sleep(delay).await;
@@ -163,7 +232,7 @@ fn sse_body(
         for frame in closing {
             yield Ok(Bytes::from(frame));
         }
-        drop(guard);
+        guard.finish();
     }
 }
 
