@@ -171,14 +171,11 @@ fn key_error(error: agentmesh_state::StateError, id: &str) -> ApiError {
     }
 }
 
-/// Drops the old secret's cache entry so the change applies at once.
-// TODO(gaps.md#key-cache-invalidation): stored keys do not expose their hash, so only
-// hashes this replica has seen are invalidated; other replicas' entries expire in 30 s.
+/// Drops every cached entry of the key, whatever secret it was cached under, in this replica
+/// and the others, so that the change applies at once everywhere.
 async fn invalidate(app: &AppState, key_id: &str) {
-    let Some(hash) = app.forget_key_hash(key_id) else {
-        return;
-    };
-    if let Err(error) = app.state.hot.invalidate_key(&hash).await {
+    app.forget_key_hash(key_id);
+    if let Err(error) = app.state.hot.invalidate_key_id(key_id).await {
         tracing::warn!(key_id, %error, "key cache invalidation failed");
     }
 }
