@@ -27,6 +27,7 @@ async fn run() -> anyhow::Result<()> {
     let addr = listen_addr_from_env(DEFAULT_LISTEN)?;
     let llm = llm_from_env()?;
     let state = connect_state_from_env().await?;
+    agentmesh_agent_runtime::serve_metrics_from_env(&state).await?;
     let peers = Peers {
         search: peer("AGENTMESH_SEARCH_URL", DEFAULT_SEARCH_URL),
         data: peer("AGENTMESH_DATA_URL", DEFAULT_DATA_URL),

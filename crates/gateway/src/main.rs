@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    agentmesh_telemetry::init("gateway");
+    let telemetry = agentmesh_telemetry::init("gateway");
     let config = GatewayConfig::from_env()?;
     let state_config = state_config()?;
     let state = State::connect(&state_config)
@@ -22,7 +22,9 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding AGENTMESH_LISTEN={listen}"))?;
-    serve(config, state, listener, shutdown_signal()).await
+    let served = serve(config, state, listener, shutdown_signal()).await;
+    telemetry.shutdown();
+    served
 }
 
 fn env(name: &str) -> Option<String> {

@@ -14,10 +14,11 @@ async fn main() {
 }
 
 async fn run() -> anyhow::Result<()> {
-    agentmesh_telemetry::init("agentmesh-search");
+    let _telemetry = agentmesh_telemetry::init("agentmesh-search");
     let addr = listen_addr_from_env(agentmesh_search::DEFAULT_LISTEN)?;
     let llm = llm_from_env()?;
     let state = connect_state_from_env().await?;
+    agentmesh_agent_runtime::serve_metrics_from_env(&state).await?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let ctx = AgentContext {
         state,

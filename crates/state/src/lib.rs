@@ -12,6 +12,7 @@ mod cached;
 mod error;
 mod fts;
 mod hot;
+pub mod metrics;
 mod model;
 mod pg;
 mod sqlerr;
