@@ -1,5 +1,6 @@
 //! The other agents offered to the model as tools, called over gRPC.
 
+use agentmesh_agent_runtime::balance::{is_transport_failure, AgentPool, PoolConfig};
 use agentmesh_agent_runtime::{Peers, RequestMeta};
 use agentmesh_llm::{ToolCall, ToolSpec};
 use agentmesh_proto::v1::agent_client::AgentClient;
@@ -7,7 +8,7 @@ use agentmesh_proto::v1::search_client::SearchClient;
 use agentmesh_proto::v1::{chat_event, ChatRequest, Message, SearchQueryRequest};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub const SEARCH_TOOL: &str = "search_documents";
 pub const DATA_TOOL: &str = "query_data";
@@ -15,14 +16,15 @@ pub const DATA_TOOL: &str = "query_data";
 const SEARCH_TOP_K: u32 = 5;
 /// Longest passage text handed to the model.
 const PASSAGE_CHARS: usize = 1200;
-/// Bound on one tool call, so a stuck peer cannot hold the conversation.
+/// Bound on one tool call, so a stuck peer cannot hold the conversation; shorter when
+/// the caller's deadline is nearer.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Lazily connected channels to the peers that are configured.
+/// Balanced pools over every address of the peers that are configured.
 #[derive(Clone, Default)]
 pub struct Tools {
-    search: Option<Channel>,
-    data: Option<Channel>,
+    search: Option<AgentPool>,
+    data: Option<AgentPool>,
 }
 
 /// What a tool call produced; errors go back to the model, never end the request.
@@ -41,19 +43,18 @@ impl ToolOutput {
     }
 }
 
-fn channel(url: &str) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| anyhow::anyhow!("peer url {url:?} is invalid: {e}"))?;
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(3))
-        .connect_lazy())
+fn pool(agent: &str, url: &str) -> anyhow::Result<AgentPool> {
+    AgentPool::new(agent, url, PoolConfig::default())
+        .map_err(|e| anyhow::anyhow!("peer url {url:?} is invalid: {e}"))
 }
 
 impl Tools {
     pub fn new(peers: &Peers) -> anyhow::Result<Self> {
+        let search = peers.search.as_deref().map(|url| pool("search", url));
+        let data = peers.data.as_deref().map(|url| pool("data", url));
         Ok(Self {
-            search: peers.search.as_deref().map(channel).transpose()?,
-            data: peers.data.as_deref().map(channel).transpose()?,
+            search: search.transpose()?,
+            data: data.transpose()?,
         })
     }
 
@@ -95,26 +96,34 @@ impl Tools {
                 other => ToolOutput::error(format!("unknown tool {other:?}")),
             }
         };
-        match tokio::time::timeout(TOOL_TIMEOUT, run).await {
+        let limit = meta
+            .remaining()
+            .map_or(TOOL_TIMEOUT, |left| left.min(TOOL_TIMEOUT));
+        match tokio::time::timeout(limit, run).await {
             Ok(output) => output,
-            Err(_) => ToolOutput::error(format!("{} timed out after {TOOL_TIMEOUT:?}", call.name)),
+            Err(_) => ToolOutput::error(format!("{} timed out after {limit:?}", call.name)),
         }
     }
 
     async fn search_documents(&self, arguments: &str, meta: &RequestMeta) -> ToolOutput {
-        let Some(channel) = self.search.clone() else {
+        let Some(pool) = &self.search else {
             return ToolOutput::error("search_documents is not available");
         };
         let query = match string_arg(arguments, "query") {
             Ok(q) => q,
             Err(e) => return ToolOutput::error(e),
         };
-        let mut request = tonic::Request::new(SearchQueryRequest {
-            query,
-            top_k: SEARCH_TOP_K,
-        });
-        meta.apply(request.metadata_mut());
-        match SearchClient::new(channel).query(request).await {
+        let answer = pool
+            .unary(|channel| {
+                let mut request = tonic::Request::new(SearchQueryRequest {
+                    query: query.clone(),
+                    top_k: SEARCH_TOP_K,
+                });
+                meta.apply(request.metadata_mut());
+                async move { SearchClient::new(channel).query(request).await }
+            })
+            .await;
+        match answer {
             Ok(response) => ToolOutput {
                 content: passages_text(response.into_inner()),
                 is_error: false,
@@ -124,7 +133,7 @@ impl Tools {
     }
 
     async fn query_data(&self, arguments: &str, meta: &RequestMeta) -> ToolOutput {
-        let Some(channel) = self.data.clone() else {
+        let Some(pool) = &self.data else {
             return ToolOutput::error("query_data is not available");
         };
         let question = match string_arg(arguments, "question") {
@@ -140,9 +149,7 @@ impl Tools {
             messages: vec![message],
             ..ChatRequest::default()
         };
-        let mut request = tonic::Request::new(chat);
-        meta.apply(request.metadata_mut());
-        match collect_answer(AgentClient::new(channel), request).await {
+        match collect_answer(pool, &chat, meta).await {
             Ok(text) => ToolOutput {
                 content: text,
                 is_error: false,
@@ -152,14 +159,42 @@ impl Tools {
     }
 }
 
-/// The text of another agent's streamed answer.
+/// The text of another agent's streamed answer. A transport failure before the first
+/// event moves the call to another address of the peer; after it, the error stands.
 async fn collect_answer(
-    mut client: AgentClient<Channel>,
-    request: tonic::Request<ChatRequest>,
+    pool: &AgentPool,
+    chat: &ChatRequest,
+    meta: &RequestMeta,
 ) -> Result<String, tonic::Status> {
-    let mut stream = client.chat(request).await?.into_inner();
+    let mut slot = pool.call()?;
+    let mut last = None;
+    while let Some(channel) = slot.next_channel(last.is_some()).await? {
+        match read_answer(channel, chat, meta).await {
+            Err((status, false)) if is_transport_failure(&status) => {
+                slot.failed();
+                last = Some(status);
+            }
+            Err((status, _)) => return Err(status),
+            Ok(text) => return Ok(text),
+        }
+    }
+    Err(last.unwrap_or_else(|| tonic::Status::unavailable("no address of the peer left")))
+}
+
+/// One attempt; an error says whether any event had arrived before it.
+async fn read_answer(
+    channel: Channel,
+    chat: &ChatRequest,
+    meta: &RequestMeta,
+) -> Result<String, (tonic::Status, bool)> {
+    let mut request = tonic::Request::new(chat.clone());
+    meta.apply(request.metadata_mut());
+    let opened = AgentClient::new(channel).chat(request).await;
+    let mut stream = opened.map_err(|status| (status, false))?.into_inner();
     let mut text = String::new();
-    while let Some(event) = stream.message().await? {
+    let mut started = false;
+    while let Some(event) = stream.message().await.map_err(|status| (status, started))? {
+        started = true;
         if let Some(chat_event::Event::Delta(delta)) = event.event {
             text.push_str(&delta.text);
         }
