@@ -296,8 +296,11 @@ mod tests {
     fn bad_lines_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.jsonl");
-        std::fs::write(&path, "{\"id\": \"1\", \"question\": \"x\", \"relevant\": [\"a\"]}\n{}\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "{\"id\": \"1\", \"question\": \"x\", \"relevant\": [\"a\"]}\n{}\n",
+        )
+        .unwrap();
         let err = read_questions(&path).unwrap_err();
         assert!(format!("{err:#}").contains("line 2"), "{err:#}");
         std::fs::write(&path, "\n").unwrap();

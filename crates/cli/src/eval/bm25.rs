@@ -130,9 +130,18 @@ mod tests {
 
     fn index() -> Bm25 {
         Bm25::new([
-            ("pods.md".into(), "A pod runs containers. Pods are scheduled.".into()),
-            ("oom.md".into(), "OOMKilled: the container used more memory than its limit.".into()),
-            ("nodes.md".into(), "Nodes run pods; the kubelet on each node.".into()),
+            (
+                "pods.md".into(),
+                "A pod runs containers. Pods are scheduled.".into(),
+            ),
+            (
+                "oom.md".into(),
+                "OOMKilled: the container used more memory than its limit.".into(),
+            ),
+            (
+                "nodes.md".into(),
+                "Nodes run pods; the kubelet on each node.".into(),
+            ),
         ])
     }
 
