@@ -4,8 +4,8 @@
 mod batch;
 mod client;
 mod commands;
-mod model;
 mod eval;
+mod model;
 mod probe;
 mod up;
 
