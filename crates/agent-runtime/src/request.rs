@@ -70,6 +70,11 @@ impl RequestMeta {
         span
     }
 
+    /// The deadline as the LLM client takes it (`CompletionRequest::deadline`).
+    pub fn llm_deadline(&self) -> Option<std::time::Instant> {
+        self.deadline.map(tokio::time::Instant::into_std)
+    }
+
     /// Copies the ids onto an outgoing request's metadata (calls to other agents), and
     /// the remaining deadline, minus a margin so the callee gives up first.
     pub fn apply(&self, map: &mut MetadataMap) {

@@ -205,6 +205,7 @@ impl ChatAgent {
                 max_tokens: req.max_tokens,
                 stop: req.stop.clone(),
                 tools,
+                deadline: meta.llm_deadline(),
                 ..CompletionRequest::default()
             };
             let out = forward_llm_stream(&self.ctx.llm, llm_req, sink, true).await?;

@@ -60,6 +60,9 @@ pub struct Running {
     pub new_admin_key: Option<String>,
     pub llm_description: String,
     pub agents: AgentEndpoints,
+    /// Stops the gateway alone, so that it drains while the agents still serve.
+    gateway_stop: CancellationToken,
+    gateway: JoinHandle<anyhow::Result<()>>,
     token: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     provider: Option<BuiltInProvider>,
@@ -72,9 +75,14 @@ enum BuiltInProvider {
 }
 
 impl Running {
-    /// Stops the gateway first, then the agents, then the built-in provider.
+    /// Stops the gateway first (its `/ready` turns 503, its in-flight streams finish
+    /// within `AGENTMESH_DRAIN_SECONDS`, their tool calls still reach the agents), then
+    /// the agents, then the built-in provider.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.gateway_stop.cancel();
+        let gateway = self.gateway.await.context("gateway task panicked");
         self.token.cancel();
+        gateway??;
         for task in self.tasks {
             task.await.context("service task panicked")??;
         }
@@ -133,10 +141,9 @@ pub async fn start(options: &UpOptions) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding the gateway to {}", options.listen))?;
     let gateway_url = format!("http://{}", listener.local_addr()?);
-    let shutdown = token.clone().cancelled_owned();
-    tasks.push(tokio::spawn(agentmesh_gateway::serve(
-        config, state, listener, shutdown,
-    )));
+    let gateway_stop = CancellationToken::new();
+    let shutdown = gateway_stop.clone().cancelled_owned();
+    let gateway = tokio::spawn(agentmesh_gateway::serve(config, state, listener, shutdown));
     step(options, &format!("gateway: {gateway_url}"));
 
     Ok(Running {
@@ -144,6 +151,8 @@ pub async fn start(options: &UpOptions) -> anyhow::Result<Running> {
         new_admin_key,
         llm_description,
         agents,
+        gateway_stop,
+        gateway,
         token,
         tasks,
         provider,
@@ -187,7 +196,11 @@ async fn mock_provider(
     let mock = MockLlm::start(SocketAddr::from(([127, 0, 0, 1], 0)), mock_config).await?;
     let config = LlmConfig::single("mock", &mock.base_url(), "mock-llm");
     let description = format!("mock provider at {} (answers are canned)", mock.base_url());
-    Ok((LlmClient::new(config)?, description, Some(BuiltInProvider::Mock(mock))))
+    Ok((
+        LlmClient::new(config)?,
+        description,
+        Some(BuiltInProvider::Mock(mock)),
+    ))
 }
 
 /// Loads the local GGUF model (fetching the default one first if needed) and
@@ -218,7 +231,11 @@ async fn local_provider(
     config.total_timeout = LOCAL_TOTAL_TIMEOUT;
     config.idle_timeout = LOCAL_FIRST_TOKEN_TIMEOUT;
     let description = format!("{name} running in this process on the CPU (no API key needed)");
-    Ok((LlmClient::new(config)?, description, Some(BuiltInProvider::Local(server))))
+    Ok((
+        LlmClient::new(config)?,
+        description,
+        Some(BuiltInProvider::Local(server)),
+    ))
 }
 
 fn provider_urls(config: &LlmConfig) -> String {
