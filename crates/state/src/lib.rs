@@ -36,6 +36,9 @@ use std::time::Duration;
 /// presumed abandoned (its process died) and may be claimed again.
 pub(crate) const STALE_CLAIM_SECS: i64 = 600;
 
+/// Rounding slack of budget comparisons (spend sums are floating point).
+pub(crate) const BUDGET_EPSILON: f64 = 1e-9;
+
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
 /// Durable storage. Every method is a complete unit: it either stores all it
@@ -156,6 +159,34 @@ pub trait Hot: Send + Sync + 'static {
     /// Seeds the spend counter from the database when it is missing.
     async fn seed_spend(&self, key_id: &str, usd: f64) -> Result<()>;
 
+    /// Atomically adds `usd` to the key's spend unless the total would pass
+    /// `budget` (one check-and-consume, so concurrent requests on any replica
+    /// cannot overspend together). A missing counter starts at `seed` (the
+    /// spend recorded in the database). Correct the estimate afterwards with
+    /// [`Hot::add_spend`] (a negative amount gives back what was not used).
+    /// This default is not atomic; both backends override it.
+    async fn reserve_spend(
+        &self,
+        key_id: &str,
+        usd: f64,
+        budget: f64,
+        seed: f64,
+    ) -> Result<BudgetDecision> {
+        self.seed_spend(key_id, seed).await?;
+        let spent = self.spend(key_id).await?.unwrap_or(seed);
+        if spent + usd > budget + BUDGET_EPSILON {
+            return Ok(BudgetDecision {
+                allowed: false,
+                spent_usd: spent,
+            });
+        }
+        let spent_usd = self.add_spend(key_id, usd).await?;
+        Ok(BudgetDecision {
+            allowed: true,
+            spent_usd,
+        })
+    }
+
     /// Key-lookup cache by secret hash, with a short TTL.
     async fn cache_key(&self, secret_hash: &str, key: &ApiKey, ttl: Duration) -> Result<()>;
     async fn cached_key(&self, secret_hash: &str) -> Result<Option<ApiKey>>;
@@ -218,19 +249,7 @@ impl State {
         redis_timeout: Duration,
         pool: &PoolSettings,
     ) -> Result<State> {
-        let url = cfg.database_url.as_str();
-        let db: Arc<dyn Database> =
-            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                Arc::new(pg::PgDatabase::connect(url, pool).await?)
-            } else if url.starts_with("sqlite:") {
-                Arc::new(sqlite::SqliteDatabase::connect(url).await?)
-            } else {
-                let scheme = url.split(':').next().unwrap_or_default();
-                return Err(StateError::Invalid(format!(
-                    "unsupported database url scheme {scheme:?}: \
-                 use postgres://, postgresql:// or sqlite://"
-                )));
-            };
+        let db = open_database(&cfg.database_url, pool).await?;
         let hot: Arc<dyn Hot> = match &cfg.redis_url {
             Some(redis_url) => Arc::new(RedisHot::connect(
                 redis_url,
@@ -239,13 +258,40 @@ impl State {
             )?),
             None => Arc::new(MemoryHot::new()),
         };
+        Ok(Self::assemble(db, hot))
+    }
+
+    /// Opens the database of `cfg` and uses `hot` for counters and caches
+    /// (`cfg.redis_url` is ignored): services of one process share one
+    /// [`MemoryHot`] this way, so its limits and caches stay whole.
+    pub async fn connect_with_hot(cfg: &StateConfig, hot: Arc<dyn Hot>) -> Result<State> {
+        let db = open_database(&cfg.database_url, &PoolSettings::from_env()?).await?;
+        Ok(Self::assemble(db, hot))
+    }
+
+    fn assemble(db: Arc<dyn Database>, hot: Arc<dyn Hot>) -> State {
         let db: Arc<dyn Database> = Arc::new(cached::CachedDatabase::new(db, hot.clone()));
         tracing::info!(
             database = db.backend(),
             hot = hot.backend(),
             "state connected"
         );
-        Ok(State { db, hot })
+        State { db, hot }
+    }
+}
+
+/// The backend named by the URL's scheme, migrated.
+async fn open_database(url: &str, pool: &PoolSettings) -> Result<Arc<dyn Database>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(pg::PgDatabase::connect(url, pool).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteDatabase::connect(url).await?))
+    } else {
+        let scheme = url.split(':').next().unwrap_or_default();
+        Err(StateError::Invalid(format!(
+            "unsupported database url scheme {scheme:?}: \
+             use postgres://, postgresql:// or sqlite://"
+        )))
     }
 }
 

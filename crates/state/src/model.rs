@@ -225,3 +225,12 @@ pub enum CachedConversation {
         version: u64,
     },
 }
+
+/// The outcome of reserving spend against a budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetDecision {
+    /// True when the amount was added; false when it would pass the budget.
+    pub allowed: bool,
+    /// The spend counter after the call.
+    pub spent_usd: f64,
+}

@@ -162,3 +162,10 @@ impl Drop for TestDb {
         let _ = worker.join();
     }
 }
+
+/// The statement the Postgres backend runs for a usage summary (parameters:
+/// key id when `by_key`, then range start and end when `ranged`), so that a
+/// test can check its plan.
+pub fn postgres_usage_summary_sql(by_key: bool, ranged: bool) -> String {
+    crate::pg::summary_sql(by_key, ranged)
+}

@@ -5,17 +5,18 @@
 
 use agentmesh_state::testing::{self, TestDb};
 use agentmesh_state::{
-    hash_secret, ColumnInfo, ColumnType, Hot, IdempotencyClaim, MemoryHot, NewApiKey, NewChunk,
-    NewDocument, NewMessage, RateLimits, RedisHot, State, StateConfig, StateError, StoredResponse,
-    TableData, UsageRecord,
+    hash_secret, CachedConversation, ColumnInfo, ColumnType, Hot, IdempotencyClaim, MemoryHot,
+    NewApiKey, NewChunk, NewDocument, NewMessage, RateLimits, RedisHot, State, StateConfig,
+    StateError, StoredResponse, TableData, UsageRecord,
 };
-use chrono::Utc;
+use chrono::{NaiveDate, Utc};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// A connected state plus what must be cleaned up after the test.
 struct Env {
     state: State,
+    cfg: StateConfig,
     _dir: Option<tempfile::TempDir>,
     db: Option<TestDb>,
     prefix: Option<String>,
@@ -28,6 +29,7 @@ impl Env {
         let state = State::connect(&cfg).await.unwrap();
         Env {
             state,
+            cfg,
             _dir: Some(dir),
             db: None,
             prefix: None,
@@ -40,9 +42,21 @@ impl Env {
         let state = State::connect(&cfg).await.unwrap();
         Env {
             state,
+            cfg: cfg.clone(),
             _dir: None,
             db: Some(db),
             prefix: Some(cfg.redis_prefix),
+        }
+    }
+
+    /// A second replica over the same stores, with its own connections: with
+    /// Redis a second client, in the embedded mode the process's one memory.
+    async fn replica(&self) -> State {
+        match self.cfg.redis_url {
+            Some(_) => State::connect(&self.cfg).await.unwrap(),
+            None => State::connect_with_hot(&self.cfg, self.state.hot.clone())
+                .await
+                .unwrap(),
         }
     }
 
@@ -82,6 +96,46 @@ macro_rules! conformance {
     };
 }
 
+/// Behaviours of two replicas sharing the stores, on both backends.
+macro_rules! conformance_replicas {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_memory_replicas {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let env = super::Env::sqlite().await;
+                    let other = env.replica().await;
+                    super::$name(&env.state, &other).await;
+                    drop(other);
+                    env.finish().await;
+                }
+            )*
+        }
+        mod postgres_redis_replicas {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let env = super::Env::postgres().await;
+                    let other = env.replica().await;
+                    super::$name(&env.state, &other).await;
+                    drop(other);
+                    env.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance_replicas!(
+    replicas_share_rate_limits,
+    replicas_share_token_limits,
+    replicas_share_spend,
+    replicas_claim_idempotency_once,
+    replicas_see_key_invalidation,
+    replicas_see_conversation_appends,
+    rotation_keeps_window_and_spend,
+);
+
 conformance!(
     keys_lifecycle,
     conversation_ordering,
@@ -97,6 +151,9 @@ conformance!(
     rate_limit_concurrent,
     spend_counter,
     key_cache,
+    key_cache_invalidate_by_id,
+    conversation_cache,
+    usage_by_day_range,
 );
 
 fn new_key(id: &str, secret: &str, scopes: &[&str]) -> NewApiKey {
@@ -797,6 +854,346 @@ async fn key_cache(state: &State) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(!hot.degraded());
+}
+
+async fn key_cache_invalidate_by_id(state: &State) {
+    let hot = &state.hot;
+    let key = state
+        .db
+        .create_key(new_key("k1", "am-secret-one", &["chat"]))
+        .await
+        .unwrap();
+    let other = state
+        .db
+        .create_key(new_key("k2", "am-secret-two", &["chat"]))
+        .await
+        .unwrap();
+    let (old, new, two) = (
+        hash_secret("am-secret-one"),
+        hash_secret("am-secret-new"),
+        hash_secret("am-secret-two"),
+    );
+    let ttl = Duration::from_secs(30);
+    hot.cache_key(&old, &key, ttl).await.unwrap();
+    hot.cache_key(&new, &key, ttl).await.unwrap();
+    hot.cache_key(&two, &other, ttl).await.unwrap();
+
+    hot.invalidate_key_id("k1").await.unwrap();
+    assert_eq!(hot.cached_key(&old).await.unwrap(), None);
+    assert_eq!(hot.cached_key(&new).await.unwrap(), None);
+    assert_eq!(hot.cached_key(&two).await.unwrap(), Some(other));
+    // A lookup that read the key before the change cannot put it back.
+    hot.cache_key(&old, &key, ttl).await.unwrap();
+    assert_eq!(hot.cached_key(&old).await.unwrap(), None);
+    assert!(!hot.degraded());
+}
+
+async fn conversation_cache(state: &State) {
+    let (db, hot) = (&state.db, &state.hot);
+    assert_eq!(db.load_conversation("c1").await.unwrap(), None);
+    assert_eq!(
+        hot.cached_conversation("c1").await.unwrap(),
+        CachedConversation::Miss { version: 0 },
+        "a missing conversation is not cached"
+    );
+    db.append_messages("c1", "k1", &[msg("user", "hi"), msg("assistant", "hello")])
+        .await
+        .unwrap();
+    let loaded = db.load_conversation("c1").await.unwrap().unwrap();
+    assert_eq!(loaded.messages.len(), 2);
+    assert_eq!(
+        hot.cached_conversation("c1").await.unwrap(),
+        CachedConversation::Hit(loaded.clone())
+    );
+
+    // An append drops the copy; a load that read the old rows before it cannot store them.
+    let CachedConversation::Miss { version } = ({
+        db.append_messages("c1", "k1", &[msg("user", "again")])
+            .await
+            .unwrap();
+        hot.cached_conversation("c1").await.unwrap()
+    }) else {
+        panic!("append left a cached copy");
+    };
+    hot.invalidate_conversation("c1").await.unwrap();
+    hot.cache_conversation(&loaded, version, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(matches!(
+        hot.cached_conversation("c1").await.unwrap(),
+        CachedConversation::Miss { .. }
+    ));
+    let fresh = db.load_conversation("c1").await.unwrap().unwrap();
+    assert_eq!(fresh.messages.len(), 3);
+    assert_eq!(fresh.messages[2].content, "again");
+
+    assert!(db.delete_conversation("c1").await.unwrap());
+    assert_eq!(db.load_conversation("c1").await.unwrap(), None);
+}
+
+fn usage_on(request_id: &str, key_id: &str, day: NaiveDate) -> UsageRecord {
+    let at = day.and_hms_opt(23, 59, 59).unwrap().and_utc();
+    UsageRecord {
+        created_at: at,
+        ..usage(request_id, key_id, 0.0)
+    }
+}
+
+async fn usage_by_day_range(state: &State) {
+    let db = &state.db;
+    let day = |d: u32| NaiveDate::from_ymd_opt(2025, 3, d).unwrap();
+    for (i, (key, d)) in [
+        ("k1", 1),
+        ("k1", 2),
+        ("k1", 2),
+        ("k2", 2),
+        ("k1", 3),
+        ("k2", 4),
+    ]
+    .iter()
+    .enumerate()
+    {
+        db.record_usage(&usage_on(&format!("r{i}"), key, day(*d)))
+            .await
+            .unwrap();
+    }
+    let rows = db.usage_between(Some("k1"), day(2), day(3)).await.unwrap();
+    let got: Vec<_> = rows.iter().map(|r| (r.day.as_str(), r.requests)).collect();
+    assert_eq!(got, vec![("2025-03-02", 2)]);
+
+    let rows = db.usage_between(None, day(1), day(3)).await.unwrap();
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| (r.day.as_str(), r.key_id.as_str(), r.requests))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("2025-03-01", "k1", 1),
+            ("2025-03-02", "k1", 2),
+            ("2025-03-02", "k2", 1)
+        ]
+    );
+    assert!(db
+        .usage_between(None, day(5), day(9))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(db.usage_summary(None).await.unwrap().len(), 5);
+}
+
+/// Runs `n` calls of `f` at once, alternating between the two replicas.
+async fn on_both<T, F, Fut>(a: &State, b: &State, n: usize, f: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(State, usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let state = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(f(state, i))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}
+
+async fn replicas_share_rate_limits(a: &State, b: &State) {
+    let limits = RateLimits {
+        rpm: Some(10),
+        tpm: None,
+    };
+    let allowed = on_both(a, b, 30, |s, _| async move {
+        s.hot
+            .check_rate("shared", &limits, 0)
+            .await
+            .unwrap()
+            .allowed
+    })
+    .await;
+    assert_eq!(allowed.iter().filter(|ok| **ok).count(), 10);
+}
+
+async fn replicas_share_token_limits(a: &State, b: &State) {
+    let limits = RateLimits {
+        rpm: None,
+        tpm: Some(100),
+    };
+    let allowed = on_both(a, b, 30, |s, _| async move {
+        s.hot
+            .check_rate("tokens", &limits, 10)
+            .await
+            .unwrap()
+            .allowed
+    })
+    .await;
+    assert_eq!(allowed.iter().filter(|ok| **ok).count(), 10);
+}
+
+async fn replicas_share_spend(a: &State, b: &State) {
+    // A budget of 1.0, 30 requests each reserving 0.1 (after 0.2 already spent).
+    let decisions = on_both(a, b, 30, |s, _| async move {
+        s.hot.reserve_spend("budget", 0.1, 1.0, 0.2).await.unwrap()
+    })
+    .await;
+    assert_eq!(decisions.iter().filter(|d| d.allowed).count(), 8);
+    let denied = decisions.iter().find(|d| !d.allowed).unwrap();
+    assert!((denied.spent_usd - 1.0).abs() < 1e-9, "{denied:?}");
+    // Actual costs settle afterwards: give back 0.05, then plain additions from both.
+    a.hot.add_spend("budget", -0.05).await.unwrap();
+    assert!(
+        b.hot
+            .reserve_spend("budget", 0.05, 1.0, 0.0)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !a.hot
+            .reserve_spend("budget", 0.01, 1.0, 0.0)
+            .await
+            .unwrap()
+            .allowed
+    );
+    on_both(a, b, 10, |s, _| async move {
+        s.hot.add_spend("plain", 0.5).await.unwrap()
+    })
+    .await;
+    let spent = b.hot.spend("plain").await.unwrap().unwrap();
+    assert!((spent - 5.0).abs() < 1e-9, "{spent}");
+}
+
+async fn replicas_claim_idempotency_once(a: &State, b: &State) {
+    let claims = on_both(a, b, 20, |s, _| async move {
+        s.db.claim_idempotency("k1", "same-request").await.unwrap()
+    })
+    .await;
+    let claimed = claims
+        .iter()
+        .filter(|c| **c == IdempotencyClaim::Claimed)
+        .count();
+    assert_eq!(claimed, 1, "{claims:?}");
+    assert!(claims
+        .iter()
+        .all(|c| matches!(c, IdempotencyClaim::Claimed | IdempotencyClaim::InProgress)));
+
+    let response = StoredResponse {
+        status: 200,
+        content_type: "application/json".into(),
+        body: "{}".into(),
+    };
+    a.db.complete_idempotency("k1", "same-request", &response)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.db.claim_idempotency("k1", "same-request").await.unwrap(),
+        IdempotencyClaim::Done(response)
+    );
+}
+
+async fn replicas_see_key_invalidation(a: &State, b: &State) {
+    let key =
+        a.db.create_key(new_key("k1", "am-secret-one", &[]))
+            .await
+            .unwrap();
+    let hash = hash_secret("am-secret-one");
+    a.hot
+        .cache_key(&hash, &key, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(a.hot.cached_key(&hash).await.unwrap(), Some(key));
+    b.db.revoke_key("k1").await.unwrap();
+    b.hot.invalidate_key_id("k1").await.unwrap();
+    assert_eq!(a.hot.cached_key(&hash).await.unwrap(), None);
+    let reloaded = a.db.find_key_by_hash(&hash).await.unwrap().unwrap();
+    assert!(reloaded.revoked_at.is_some());
+}
+
+async fn replicas_see_conversation_appends(a: &State, b: &State) {
+    a.db.append_messages("c", "k1", &[msg("user", "one")])
+        .await
+        .unwrap();
+    assert_eq!(
+        a.db.load_conversation("c")
+            .await
+            .unwrap()
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    assert_eq!(
+        b.db.load_conversation("c")
+            .await
+            .unwrap()
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    b.db.append_messages("c", "k1", &[msg("assistant", "two")])
+        .await
+        .unwrap();
+    let seen = a.db.load_conversation("c").await.unwrap().unwrap();
+    let contents: Vec<_> = seen.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents, vec!["one", "two"]);
+    assert!(b.db.delete_conversation("c").await.unwrap());
+    assert_eq!(a.db.load_conversation("c").await.unwrap(), None);
+}
+
+async fn rotation_keeps_window_and_spend(a: &State, b: &State) {
+    let key =
+        a.db.create_key(new_key("k1", "am-secret-one", &[]))
+            .await
+            .unwrap();
+    let limits = RateLimits {
+        rpm: key.rpm_limit,
+        tpm: None,
+    };
+    for _ in 0..7 {
+        assert!(a.hot.check_rate(&key.id, &limits, 0).await.unwrap().allowed);
+    }
+    a.db.record_usage(&usage("r1", "k1", 0.75)).await.unwrap();
+    a.hot.add_spend(&key.id, 0.75).await.unwrap();
+
+    let new_hash = hash_secret("am-secret-rotated");
+    let rotated = b.db.rotate_key("k1", &new_hash, "am-sec").await.unwrap();
+    b.hot.invalidate_key_id("k1").await.unwrap();
+    let found = b.db.find_key_by_hash(&new_hash).await.unwrap().unwrap();
+    assert_eq!((found.id.as_str(), found.spent_usd), ("k1", 0.75));
+    assert_eq!(rotated.rpm_limit, Some(10));
+    assert_eq!(
+        b.db.find_key_by_hash(&hash_secret("am-secret-one"))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // The window opened before the rotation goes on: 3 requests left of 10.
+    let next = b.hot.check_rate(&found.id, &limits, 0).await.unwrap();
+    assert_eq!((next.allowed, next.remaining_requests), (true, Some(2)));
+    for _ in 0..2 {
+        assert!(
+            b.hot
+                .check_rate(&found.id, &limits, 0)
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    assert!(
+        !a.hot
+            .check_rate(&found.id, &limits, 0)
+            .await
+            .unwrap()
+            .allowed
+    );
+    let spent = b.hot.spend(&found.id).await.unwrap().unwrap();
+    assert!((spent - 0.75).abs() < 1e-9, "{spent}");
 }
 
 #[tokio::test]

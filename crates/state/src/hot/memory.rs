@@ -4,7 +4,10 @@
 use super::{
     decision, refusal, unlimited, WindowState, CONVERSATION_VERSION_TTL, KEY_HOLD, WINDOW,
 };
-use crate::{ApiKey, CachedConversation, Conversation, Hot, RateDecision, RateLimits, Result};
+use crate::BUDGET_EPSILON;
+use crate::{
+    ApiKey, BudgetDecision, CachedConversation, Conversation, Hot, RateDecision, RateLimits, Result,
+};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -114,6 +117,19 @@ impl MemoryHot {
         let total = inner.spend.entry(key_id.to_owned()).or_insert(0.0);
         *total += usd;
         *total
+    }
+
+    pub(crate) fn reserve(&self, key_id: &str, usd: f64, budget: f64, seed: f64) -> BudgetDecision {
+        let mut inner = self.lock();
+        let total = inner.spend.entry(key_id.to_owned()).or_insert(seed);
+        let allowed = *total + usd <= budget + BUDGET_EPSILON;
+        if allowed {
+            *total += usd;
+        }
+        BudgetDecision {
+            allowed,
+            spent_usd: *total,
+        }
     }
 
     pub(crate) fn get_spend(&self, key_id: &str) -> Option<f64> {
@@ -253,6 +269,16 @@ impl Hot for MemoryHot {
 
     async fn spend(&self, key_id: &str) -> Result<Option<f64>> {
         Ok(self.get_spend(key_id))
+    }
+
+    async fn reserve_spend(
+        &self,
+        key_id: &str,
+        usd: f64,
+        budget: f64,
+        seed: f64,
+    ) -> Result<BudgetDecision> {
+        Ok(self.reserve(key_id, usd, budget, seed))
     }
 
     async fn seed_spend(&self, key_id: &str, usd: f64) -> Result<()> {

@@ -16,8 +16,10 @@
 
 use super::memory::MemoryHot;
 use super::{decision, unlimited, WindowState, CONVERSATION_VERSION_TTL, KEY_HOLD, WINDOW};
+use crate::BUDGET_EPSILON;
 use crate::{
-    ApiKey, CachedConversation, Conversation, Hot, RateDecision, RateLimits, Result, StateError,
+    ApiKey, BudgetDecision, CachedConversation, Conversation, Hot, RateDecision, RateLimits,
+    Result, StateError,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -112,6 +114,21 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return v
 ";
 
+/// Adds spend unless it would pass the budget; a missing counter starts at
+/// the seed. KEYS: spend counter. ARGV: usd, budget, seed, epsilon.
+/// Returns {allowed, total as a string}.
+const RESERVE_SCRIPT: &str = r"
+local usd = tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or ARGV[3])
+if current + usd > tonumber(ARGV[2]) + tonumber(ARGV[4]) then
+  redis.call('SET', KEYS[1], current, 'NX')
+  return {0, tostring(current)}
+end
+redis.call('SET', KEYS[1], current, 'NX')
+local total = redis.call('INCRBYFLOAT', KEYS[1], usd)
+return {1, total}
+";
+
 /// Conversation ids whose invalidation failed, kept for a retry; beyond this
 /// many the oldest state is only bounded by the cache TTL.
 const MAX_PENDING: usize = 10_000;
@@ -134,6 +151,7 @@ pub struct RedisHot {
     invalidate_id_script: redis::Script,
     cache_conversation_script: redis::Script,
     bump_conversation_script: redis::Script,
+    reserve_script: redis::Script,
 }
 
 impl Drop for RedisHot {
@@ -184,6 +202,7 @@ impl RedisHot {
             invalidate_id_script: redis::Script::new(INVALIDATE_ID_SCRIPT),
             cache_conversation_script: redis::Script::new(CACHE_CONVERSATION_SCRIPT),
             bump_conversation_script: redis::Script::new(BUMP_CONVERSATION_SCRIPT),
+            reserve_script: redis::Script::new(RESERVE_SCRIPT),
         })
     }
 
@@ -376,6 +395,35 @@ impl Hot for RedisHot {
             })
             .await;
         Ok(value.unwrap_or_else(|| self.fallback.get_spend(key_id)))
+    }
+
+    async fn reserve_spend(
+        &self,
+        key_id: &str,
+        usd: f64,
+        budget: f64,
+        seed: f64,
+    ) -> Result<BudgetDecision> {
+        let key = self.key("spend", key_id);
+        let reply = self
+            .call("reserve_spend", |mut conn| async move {
+                self.reserve_script
+                    .key(key)
+                    .arg(usd)
+                    .arg(budget)
+                    .arg(seed)
+                    .arg(BUDGET_EPSILON)
+                    .invoke_async::<(i64, String)>(&mut conn)
+                    .await
+            })
+            .await;
+        match reply {
+            Some((allowed, total)) => Ok(BudgetDecision {
+                allowed: allowed == 1,
+                spent_usd: total.parse().unwrap_or(seed),
+            }),
+            None => Ok(self.fallback.reserve(key_id, usd, budget, seed)),
+        }
     }
 
     async fn seed_spend(&self, key_id: &str, usd: f64) -> Result<()> {

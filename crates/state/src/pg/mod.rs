@@ -4,6 +4,8 @@ mod datasets;
 mod documents;
 mod ledger;
 
+pub(crate) use ledger::summary_sql;
+
 use crate::sqlerr::map;
 use crate::{
     ApiKey, Conversation, Database, DatasetInfo, DocumentInfo, IdempotencyClaim, NewApiKey,
