@@ -133,7 +133,9 @@ impl CallContext {
         let metadata = request.metadata_mut();
         insert(metadata, "x-request-id", &self.request_id);
         insert(metadata, "x-agentmesh-key-id", &self.key_id);
-        if let Some(traceparent) = &self.traceparent {
+        // The request span's context when spans are exported, else the client's.
+        let injected = agentmesh_telemetry::propagation::inject_metadata(metadata);
+        if let Some(traceparent) = self.traceparent.as_ref().filter(|_| !injected) {
             insert(metadata, "traceparent", traceparent);
         }
         request.set_timeout(grpc_deadline(self.timeout));

@@ -165,16 +165,24 @@ async fn request_context(
     let method = request.method().clone();
     let span = tracing::info_span!(
         "http",
+        otel.name = %method,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
         method = %method,
         path = %request.uri().path(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
         request_id = %request_id,
         key_id = tracing::field::Empty,
         agent = tracing::field::Empty,
+        model = tracing::field::Empty,
     );
+    agentmesh_telemetry::propagation::set_parent_from_headers(&span, request.headers());
 
     app.metrics.started();
     let started = Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let run = next.run(request).instrument(span.clone());
+    let (mut response, agent_time) = crate::metrics::with_agent_account(run).await;
     let elapsed = started.elapsed();
 
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -186,10 +194,26 @@ async fn request_context(
         .map(|r| r.0.clone())
         .unwrap_or_else(|| "unmatched".to_string());
     let status = response.status();
-    app.metrics
-        .finished(&route, method.as_str(), status.as_u16(), elapsed);
+    app.metrics.finished(
+        &route,
+        method.as_str(),
+        status.as_u16(),
+        elapsed,
+        agent_time,
+    );
+    record_outcome(&span, &method, &route, status);
     log_response(&span, status, elapsed);
     response
+}
+
+/// The route and status on the request's span (its exported name is `METHOD route`).
+fn record_outcome(span: &tracing::Span, method: &Method, route: &str, status: StatusCode) {
+    span.record("otel.name", format!("{method} {route}"));
+    span.record("http.route", route);
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 fn log_response(span: &tracing::Span, status: StatusCode, elapsed: std::time::Duration) {

@@ -45,6 +45,11 @@ pub async fn admit(
         return Ok(Admission { headers });
     }
     let which = decision.limited_by.unwrap_or("requests");
+    app.metrics.rate_limited(if which == "tokens" {
+        "tokens"
+    } else {
+        "requests"
+    });
     let limit = match which {
         "tokens" => limits.tpm.map(|t| format!("{t} tokens")),
         _ => limits.rpm.map(|r| format!("{r} requests")),
@@ -81,9 +86,12 @@ async fn check_budget(app: &AppState, key: &ApiKey) -> Result<(), ApiError> {
             key.spent_usd
         }
     };
+    app.metrics
+        .budget_used(&key.id, spent / budget.max(f64::EPSILON));
     if spent < budget {
         return Ok(());
     }
+    app.metrics.rate_limited("budget");
     Err(ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         format!(

@@ -11,11 +11,13 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::circuit::{Circuit, CircuitState, Permit};
 use crate::events::{Billing, EventReader, Limits};
 use crate::keys::KeySource;
 use crate::retry::{backoff, blames_provider, next_step, Next};
+use crate::trace::CallTrace;
 use crate::usage::{estimate, prompt_chars, SharedSink, UsageOutcome, UsageReport, UsageSink};
 use crate::wire::{parse_completion, remaining, request_body, status_error};
 use crate::{Completion, CompletionRequest, LlmConfig, LlmError, LlmEvent, Price, ProviderConfig};
@@ -55,6 +57,8 @@ struct Call<'a> {
     /// "total" (the configured bound) or "deadline" (the caller's, when tighter).
     deadline_what: &'static str,
     deadline_limit: Duration,
+    /// The call's span and metrics.
+    trace: CallTrace,
 }
 
 impl LlmClient {
@@ -74,6 +78,10 @@ impl LlmClient {
             })
             .collect();
         let prices = Arc::new(config.prices.clone());
+        crate::metrics::describe();
+        for p in &config.providers {
+            crate::metrics::set_circuit_state(&p.name, CircuitState::Closed);
+        }
         let inner = Inner {
             config,
             http,
@@ -115,16 +123,32 @@ impl LlmClient {
     /// One whole answer (no streaming), retried and failed over as configured.
     pub async fn complete(&self, req: CompletionRequest) -> Result<Completion, LlmError> {
         let call = self.prepare(&req, false);
-        self.run(&call, |provider| self.attempt_complete(provider, &call))
-            .await
+        let result = self
+            .run(&call, |provider| self.attempt_complete(provider, &call))
+            .instrument(call.trace.span())
+            .await;
+        call.trace.completed(result.as_ref());
+        result
     }
 
     /// A streamed answer. Retries and fallback happen only until the first event is
     /// ready for the caller; after that a failure is the stream's last item.
     pub async fn stream(&self, req: CompletionRequest) -> Result<EventStream, LlmError> {
         let call = self.prepare(&req, true);
-        self.run(&call, |provider| self.attempt_stream(provider, &call))
-            .await
+        let result = self
+            .run(&call, |provider| self.attempt_stream(provider, &call))
+            .instrument(call.trace.span())
+            .await;
+        match result {
+            Ok(stream) => {
+                call.trace.first_token();
+                Ok(call.trace.clone().observe(stream))
+            }
+            Err(err) => {
+                call.trace.failed(&err);
+                Err(err)
+            }
+        }
     }
 
     fn prepare<'a>(&'a self, req: &'a CompletionRequest, stream: bool) -> Call<'a> {
@@ -141,6 +165,7 @@ impl LlmClient {
             }
             _ => (total, "total", config.total_timeout),
         };
+        let model_label = crate::metrics::model_label(config, model);
         Call {
             model,
             body,
@@ -148,6 +173,7 @@ impl LlmClient {
             deadline,
             deadline_what,
             deadline_limit,
+            trace: CallTrace::new(model, model_label, stream),
         }
     }
 
@@ -177,6 +203,9 @@ impl LlmClient {
         for provider in self.providers_for(call.model)? {
             if remaining(call.deadline).is_none() {
                 break;
+            }
+            if let Some(err) = &last {
+                call.trace.fallback(err.provider().unwrap_or_default(), err);
             }
             match self.on_provider(call, provider, &mut attempt).await {
                 Ok(value) => return Ok(value),
@@ -222,7 +251,8 @@ impl LlmClient {
                     return Err((previous.unwrap_or(skipped), Next::Fallback));
                 }
             };
-            let err = match attempt(provider).await {
+            let span = call.trace.attempt_span(name, n);
+            let err = match attempt(provider).instrument(span).await {
                 Ok(value) => {
                     log_transition(name, permit.success());
                     return Ok(value);
@@ -242,6 +272,7 @@ impl LlmClient {
             }
             let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
             tracing::debug!(provider = name, wait_ms, "llm retry");
+            call.trace.retry(name, n, &err, wait);
             tokio::time::sleep(wait).await;
             previous = Some(err);
         }
@@ -390,6 +421,7 @@ impl LlmClient {
             .http
             .post(url)
             .header(CONTENT_TYPE, "application/json")
+            .headers(agentmesh_telemetry::propagation::trace_headers())
             .body(call.body.clone());
         if let Some(key) = p.key.key(&p.config).await? {
             request = request.bearer_auth(key.expose());
@@ -459,6 +491,9 @@ fn settle_failure(provider: &str, permit: Permit, err: &LlmError) {
 }
 
 fn log_transition(provider: &str, change: Option<CircuitState>) {
+    if let Some(state) = change {
+        crate::metrics::set_circuit_state(provider, state);
+    }
     match change {
         Some(CircuitState::Open) => tracing::warn!(provider, "llm circuit opened"),
         Some(state) => tracing::info!(provider, state = state.as_str(), "llm circuit changed"),

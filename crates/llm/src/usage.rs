@@ -63,6 +63,7 @@ impl SharedSink {
             outcome = ?report.outcome,
             "llm usage"
         );
+        crate::metrics::usage(&report);
         if let Some(sink) = &self.0 {
             sink.record(report);
         }

@@ -117,3 +117,15 @@ pub fn init(service: &'static str) -> Telemetry {
         provider: Some(provider),
     }
 }
+
+/// Adds an event to `span`'s exported span only (no log line): retries, fallbacks and
+/// other per-request detail an operator reads in the trace. Does nothing when spans are
+/// not exported.
+pub fn span_event(span: &tracing::Span, name: &'static str, attributes: &[(&'static str, String)]) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let attributes = attributes
+        .iter()
+        .map(|(key, value)| opentelemetry::KeyValue::new(*key, value.clone()))
+        .collect();
+    span.add_event(name, attributes);
+}

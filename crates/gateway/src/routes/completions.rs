@@ -63,6 +63,7 @@ async fn run(
 ) -> Result<Response, ApiError> {
     tracing::Span::current().record("agent", call.agent.as_str());
     caller.require_agent(call.agent)?;
+    tracing::Span::current().record("model", call.model.as_str());
 
     let mut claim = None;
     if let Some(key) = idempotency_key(headers)?.filter(|_| !call.stream) {

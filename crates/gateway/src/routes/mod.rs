@@ -36,7 +36,8 @@ where
         .agents
         .pool(agent)
         .unary(|channel| call(channel, context.request(message.clone())));
-    let result = match tokio::time::timeout(timeout, attempts).await {
+    let timed = crate::metrics::agent_time(tokio::time::timeout(timeout, attempts));
+    let result = match timed.await {
         Ok(Ok(response)) => return Ok(response.into_inner()),
         Ok(Err(status)) => error_from_status(agent.as_str(), &status),
         Err(_) => ApiError::new(
