@@ -259,3 +259,24 @@ async fn typed_sql_runs_directly_and_bad_sql_is_refused() {
     let status = error.expect("refused");
     assert_eq!(meta(&status, "x-agentmesh-error-code"), "sql_not_read_only");
 }
+
+mod hostile;
+
+#[tokio::test]
+async fn hostile_sql_is_refused_or_harmless_on_sqlite() {
+    let (state, _dir) = sqlite_state().await;
+    hostile::run_table(state, "sqlite").await;
+}
+
+#[tokio::test]
+async fn hostile_sql_is_refused_or_harmless_on_postgres() {
+    let db = testing::fresh_postgres().await;
+    let config = StateConfig {
+        database_url: db.url.clone(),
+        redis_url: None,
+        redis_prefix: testing::fresh_redis_prefix(),
+    };
+    let state = State::connect(&config).await.unwrap();
+    hostile::run_table(state, "postgres").await;
+    db.cleanup().await;
+}

@@ -6,6 +6,7 @@ pub mod answer;
 pub mod chunk;
 pub mod front_matter;
 pub mod ingest;
+pub mod rank;
 mod service;
 
 pub use service::{SearchAgent, AGENT_NAME, DEFAULT_TOP_K, MAX_TOP_K};

@@ -2,6 +2,7 @@
 
 use crate::answer;
 use crate::ingest::prepare;
+use crate::rank;
 use agentmesh_agent_runtime::{
     delta_event, final_event, forward_llm_stream, invalid_argument, last_user_message,
     spawn_events, status_from_state, usage_event, validate_messages, AgentContext, EventSink,
@@ -31,11 +32,14 @@ impl SearchAgent {
         Self { ctx }
     }
 
+    /// The `top_k` best passages, ranked with their documents' other hits.
     async fn retrieve(&self, query: &str, top_k: usize) -> Result<Vec<ScoredChunk>, Status> {
         let db = &self.ctx.state.db;
-        db.search_chunks(query, top_k)
+        let hits = db
+            .search_chunks(query, rank::candidates(top_k))
             .await
-            .map_err(|e| status_from_state(&e))
+            .map_err(|e| status_from_state(&e))?;
+        Ok(rank::by_document(query, hits, top_k))
     }
 }
 
