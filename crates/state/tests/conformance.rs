@@ -13,6 +13,13 @@ use chrono::{NaiveDate, Utc};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
+#[path = "conformance/failures.rs"]
+mod failures;
+#[path = "conformance/ledger_scale.rs"]
+mod ledger_scale;
+#[path = "conformance/proxy.rs"]
+mod proxy;
+
 /// A connected state plus what must be cleaned up after the test.
 struct Env {
     state: State,

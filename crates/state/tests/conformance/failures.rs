@@ -1,0 +1,258 @@
+//! What the state layer does when Redis or Postgres fails mid-run, and how it
+//! comes back: each test puts a [`Proxy`] between the code and the server.
+
+use super::new_key;
+use super::proxy::Proxy;
+use agentmesh_state::testing;
+use agentmesh_state::{
+    hash_secret, Hot, PoolSettings, RateLimits, RedisHot, State, StateConfig, StateError,
+    DEFAULT_REDIS_TIMEOUT,
+};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Log lines written while a test runs (this thread only).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn count(&self, needle: &str) -> usize {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes).matches(needle).count()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+fn redis_target() -> String {
+    testing::redis_url()
+        .trim_start_matches("redis://")
+        .to_owned()
+}
+
+/// A frozen Redis (connections accepted, nothing answered): every call
+/// returns within its timeout from process memory, degraded mode is entered
+/// and logged once, and left by itself (logged once) when Redis answers again.
+/// Runs on one thread so that the log capture sees every line.
+#[tokio::test]
+async fn frozen_redis_degrades_once_and_recovers() {
+    let (logs, _guard) = capture_logs();
+    let proxy = Proxy::start(&redis_target());
+    let prefix = testing::fresh_redis_prefix();
+    let timeout = Duration::from_millis(200);
+    let hot = RedisHot::connect(&format!("redis://{}", proxy.addr), &prefix, timeout).unwrap();
+    let limits = RateLimits {
+        rpm: Some(1000),
+        tpm: None,
+    };
+    assert!(hot.check_rate("k", &limits, 0).await.unwrap().allowed);
+    assert!(!hot.degraded());
+
+    proxy.freeze();
+    let outage = Instant::now();
+    let mut calls = 0;
+    while outage.elapsed() < Duration::from_millis(2500) {
+        let started = Instant::now();
+        assert!(hot.check_rate("k", &limits, 0).await.unwrap().allowed);
+        hot.add_spend("k", 0.01).await.unwrap();
+        assert!(
+            started.elapsed() < timeout * 3,
+            "a call took {:?} while Redis was frozen",
+            started.elapsed()
+        );
+        assert!(hot.degraded());
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(hot.ping().await.is_err(), "readiness must see the outage");
+
+    proxy.thaw();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hot.degraded() {
+        assert!(Instant::now() < deadline, "never left degraded mode");
+        hot.check_rate("k", &limits, 0).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(calls > 20, "{calls}");
+    assert_eq!(logs.count("redis unavailable, using process memory"), 1);
+    assert_eq!(logs.count("redis recovered, leaving degraded mode"), 1);
+
+    // Back on shared counters: another replica, straight to Redis, sees this one's request.
+    let other = RedisHot::connect(&testing::redis_url(), &prefix, timeout).unwrap();
+    let one = RateLimits {
+        rpm: Some(1),
+        tpm: None,
+    };
+    assert!(hot.check_rate("after", &one, 0).await.unwrap().allowed);
+    assert!(!other.check_rate("after", &one, 0).await.unwrap().allowed);
+    testing::cleanup_redis(&prefix).await;
+}
+
+/// While Redis is gone each replica limits on its own; once it is back the
+/// replicas share one limit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_means_per_replica_limits_until_it_returns() {
+    let mut proxy = Proxy::start(&redis_target());
+    let prefix = testing::fresh_redis_prefix();
+    let url = format!("redis://{}", proxy.addr);
+    let a = RedisHot::connect(&url, &prefix, Duration::from_millis(200)).unwrap();
+    let b = RedisHot::connect(&url, &prefix, Duration::from_millis(200)).unwrap();
+    let limits = RateLimits {
+        rpm: Some(3),
+        tpm: None,
+    };
+    proxy.stop().await;
+    let mut allowed = 0;
+    for _ in 0..5 {
+        allowed += usize::from(a.check_rate("k", &limits, 0).await.unwrap().allowed);
+        allowed += usize::from(b.check_rate("k", &limits, 0).await.unwrap().allowed);
+    }
+    assert_eq!(allowed, 6, "each replica allows its own 3");
+    assert!(a.degraded() && b.degraded());
+
+    proxy.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.degraded() || b.degraded() {
+        assert!(Instant::now() < deadline, "never left degraded mode");
+        let _ = a.ping().await;
+        let _ = b.ping().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut allowed = 0;
+    for _ in 0..5 {
+        allowed += usize::from(a.check_rate("fresh", &limits, 0).await.unwrap().allowed);
+        allowed += usize::from(b.check_rate("fresh", &limits, 0).await.unwrap().allowed);
+    }
+    assert_eq!(allowed, 3, "one shared limit again");
+    testing::cleanup_redis(&prefix).await;
+}
+
+fn through(proxy: &Proxy, db_url: &str) -> String {
+    let mut url = url::Url::parse(db_url).unwrap();
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    url.set_host(Some("127.0.0.1")).unwrap();
+    url.to_string()
+}
+
+fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, StateError>) -> bool {
+    matches!(result, Err(StateError::Unavailable { .. }))
+}
+
+/// Postgres going away mid-run: calls that need it fail fast with
+/// `Unavailable` (503 upstream, never 401), cached keys still answer, and
+/// service resumes without a restart when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_fails_fast_and_recovers() {
+    let db = testing::fresh_postgres().await;
+    let mut proxy = Proxy::start("127.0.0.1:5432");
+    let cfg = StateConfig {
+        database_url: through(&proxy, db.url()),
+        redis_url: None,
+        redis_prefix: testing::fresh_redis_prefix(),
+    };
+    let pool = PoolSettings {
+        acquire_timeout: Duration::from_secs(2),
+        ..PoolSettings::default()
+    };
+    let state = State::connect_tuned(&cfg, DEFAULT_REDIS_TIMEOUT, &pool)
+        .await
+        .unwrap();
+    let key = state
+        .db
+        .create_key(new_key("k1", "am-secret-one", &[]))
+        .await
+        .unwrap();
+    let hash = hash_secret("am-secret-one");
+    state
+        .hot
+        .cache_key(&hash, &key, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    proxy.stop().await;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let found = state.db.find_key_by_hash(&hash).await;
+        assert!(is_unavailable(&found), "{found:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(is_unavailable(&state.db.ping().await));
+    assert_eq!(
+        state.hot.cached_key(&hash).await.unwrap(),
+        Some(key.clone())
+    );
+
+    proxy.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.db.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "postgres never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let found = state.db.find_key_by_hash(&hash).await.unwrap();
+    assert_eq!(found.map(|k| k.id), Some(key.id));
+    drop(state);
+    db.cleanup().await;
+}
+
+/// Every connection busy: the next call gets `Unavailable` after the acquire
+/// timeout instead of waiting for a connection forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_pool_fails_fast() {
+    let db = testing::fresh_postgres().await;
+    let cfg = StateConfig {
+        redis_url: None,
+        ..db.state_config()
+    };
+    let pool = PoolSettings {
+        max_connections: 1,
+        acquire_timeout: Duration::from_millis(500),
+        ..PoolSettings::default()
+    };
+    let state = State::connect_tuned(&cfg, DEFAULT_REDIS_TIMEOUT, &pool)
+        .await
+        .unwrap();
+    let busy = {
+        let db = state.db.clone();
+        tokio::spawn(async move {
+            db.query_dataset("SELECT pg_sleep(3)", 1, Duration::from_secs(10))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let waited = state.db.get_key("k1").await;
+    assert!(is_unavailable(&waited), "{waited:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    busy.await.unwrap().unwrap();
+    assert_eq!(state.db.get_key("k1").await.unwrap(), None);
+    drop(state);
+    db.cleanup().await;
+}
