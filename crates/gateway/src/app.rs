@@ -51,6 +51,7 @@ impl AppState {
     pub fn new(config: GatewayConfig, state: State) -> anyhow::Result<Self> {
         config.validate()?;
         let agents = Agents::new(&config.agents, &config.pool)?;
+        agentmesh_state::metrics::spawn_sampler(&state);
         Ok(Self(Arc::new(Shared {
             config,
             state,
@@ -208,7 +209,7 @@ async fn request_context(
 
 /// The route and status on the request's span (its exported name is `METHOD route`).
 fn record_outcome(span: &tracing::Span, method: &Method, route: &str, status: StatusCode) {
-    span.record("otel.name", format!("{method} {route}"));
+    agentmesh_telemetry::rename_span(span, format!("{method} {route}"));
     span.record("http.route", route);
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {

@@ -129,3 +129,12 @@ pub fn span_event(span: &tracing::Span, name: &'static str, attributes: &[(&'sta
         .collect();
     span.add_event(name, attributes);
 }
+
+/// Renames `span`'s exported span (its name is fixed once the span has started, e.g. an
+/// HTTP span named after the route matched while it ran). Does nothing when spans are
+/// not exported.
+pub fn rename_span(span: &tracing::Span, name: String) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    span.context().span().update_name(name);
+}
