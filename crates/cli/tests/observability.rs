@@ -411,3 +411,90 @@ async fn one_trace_per_request_metrics_and_clean_logs() {
         );
     }
 }
+
+/// Each agent binary serves `/metrics` on `AGENTMESH_METRICS_LISTEN`, and promtool
+/// accepts it once a call was counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_binaries_serve_promtool_clean_metrics() {
+    let mock = MockLlm::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockConfig::new("mock-model"),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for agent in ["chat", "search", "data"] {
+        let name = format!("agentmesh-{agent}");
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_agentmesh")).with_file_name(&name);
+        assert!(
+            bin.exists(),
+            "{} is missing: build every binary first (`cargo build --workspace --bins`)",
+            bin.display()
+        );
+        let (grpc, metrics) = (free_addr(), free_addr());
+        let log = std::fs::File::create(dir.path().join(format!("{agent}.log"))).unwrap();
+        let child = Command::new(&bin)
+            .env("AGENTMESH_GRPC_LISTEN", grpc.to_string())
+            .env("AGENTMESH_METRICS_LISTEN", metrics.to_string())
+            .env("AGENTMESH_DATA_DIR", dir.path().join(agent))
+            .env_remove("AGENTMESH_DATABASE_URL")
+            .env_remove("AGENTMESH_REDIS_URL")
+            .env("AGENTMESH_LLM_BASE_URL", mock.base_url())
+            .env("AGENTMESH_LLM_MODEL", "mock-model")
+            .env("AGENTMESH_SEARCH_URL", "")
+            .env("AGENTMESH_DATA_URL", "")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let mut system = System {
+            child,
+            base: format!("http://{metrics}"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let text = scrape_after_health_check(&mut system, grpc).await;
+        let counted = format!(
+            "agentmesh_grpc_requests_total{{agent=\"{agent}\",\
+             method=\"/grpc.health.v1.Health/Check\",code=\"OK\"}}"
+        );
+        assert!(text.contains(&counted), "{counted} missing:\n{text}");
+        assert!(text.contains("agentmesh_state_degraded"), "{text}");
+        check_metrics(&name, &text, dir.path());
+        system.stop();
+    }
+}
+
+/// Waits for the agent's health check to answer, then reads its `/metrics`.
+async fn scrape_after_health_check(system: &mut System, grpc: SocketAddr) -> String {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = system.child.try_wait() {
+            panic!("agent exited with {status}");
+        }
+        let url = format!("http://{grpc}");
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await;
+        if let Ok(mut client) = channel.map(HealthClient::new) {
+            let request = HealthCheckRequest {
+                service: String::new(),
+            };
+            if client.check(request).await.is_ok() {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "agent not serving in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let scraped = reqwest::get(format!("{}/metrics", system.base))
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+    scraped.text().await.unwrap()
+}
