@@ -182,20 +182,23 @@ impl PoolConfig {
 
 /// Status codes that mean "this address could not take the call", as opposed to an
 /// answer from the agent. Agents always attach `x-agentmesh-http-status` to their own
-/// errors, so a status without it comes from the transport (refused connection,
-/// GOAWAY, reset stream, dead pod).
+/// errors, so a status without it comes from the transport: refused connection, GOAWAY,
+/// reset stream, dead pod, or a request cancelled because its connection was closing
+/// (a draining server). Cancelled at the deadline (tonic's `TimeoutExpired`) is not one.
 pub fn is_transport_failure(status: &Status) -> bool {
     let from_agent = status.metadata().get("x-agentmesh-http-status").is_some();
-    let code = matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Internal
-    );
+    let code = match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Internal => true,
+        Code::Cancelled => status.message() != tonic::TimeoutExpired(()).to_string(),
+        _ => false,
+    };
     code && !from_agent
 }
 
 /// Failures of a unary call that are safe to retry elsewhere: the call did not run.
 fn unary_retryable(status: &Status) -> bool {
-    status.code() == Code::Unavailable && is_transport_failure(status)
+    let refused = matches!(status.code(), Code::Unavailable | Code::Cancelled);
+    refused && is_transport_failure(status)
 }
 
 /// One address and its channel, shared by every call placed on it.
@@ -569,6 +572,13 @@ impl Call {
         self.tried.len()
     }
 
+    /// Whether another attempt is allowed and an untried address is known.
+    pub fn can_retry(&self) -> bool {
+        let backends = self.inner.snapshot();
+        let untried = backends.iter().any(|b| !self.tried.contains(&b.address));
+        self.tried.len() < MAX_ATTEMPTS && untried
+    }
+
     /// The current address could not take the call: avoid it for `eject_for`.
     pub fn failed(&mut self) {
         if let Some(backend) = &self.current {
@@ -837,6 +847,11 @@ mod tests {
         )));
         assert!(is_transport_failure(&Status::unknown("h2 protocol error")));
         assert!(!is_transport_failure(&Status::deadline_exceeded("late")));
+        assert!(is_transport_failure(&Status::cancelled(
+            "operation was canceled"
+        )));
+        let deadline = Status::cancelled(tonic::TimeoutExpired(()).to_string());
+        assert!(!is_transport_failure(&deadline));
         let agent_said = BalanceError::Overloaded {
             agent: "chat".into(),
             limit: 1,

@@ -15,8 +15,8 @@ pub use env::{
     connect_state_from_env, drain_period_from_env, listen_addr_from_env, llm_from_env,
     shutdown_signal, DEFAULT_DRAIN,
 };
-pub use metrics::{serve_metrics_from_env, METRICS_LISTEN_ENV};
 pub use llm_stream::{add_usage, forward_llm_stream, StreamOutcome};
+pub use metrics::{serve_metrics_from_env, METRICS_LISTEN_ENV};
 pub use request::{
     delta_event, final_event, last_user_message, llm_messages, parse_grpc_timeout, usage_event,
     validate_messages, EventStream, RequestMeta, KEY_ID_HEADER, REQUEST_ID_HEADER, TIMEOUT_HEADER,

@@ -149,9 +149,12 @@ fn insert(metadata: &mut MetadataMap, name: &'static str, value: &str) {
     }
 }
 
-/// The gateway keeps a margin of 2 % (at most 1 s) to answer after the agent's deadline.
+/// The gateway keeps a margin of 2 % (at least 100 ms, at most 1 s, never more than a
+/// tenth of a short timeout) to answer after the agent's deadline with the agent's reason.
 pub fn grpc_deadline(timeout: Duration) -> Duration {
-    let margin = (timeout / 50).min(Duration::from_secs(1));
+    let margin = (timeout / 50)
+        .clamp(Duration::from_millis(100), Duration::from_secs(1))
+        .min(timeout / 10);
     timeout.saturating_sub(margin).max(Duration::from_millis(1))
 }
 
@@ -288,6 +291,14 @@ mod tests {
         assert_eq!(
             grpc_deadline(Duration::from_secs(10)),
             Duration::from_millis(9800)
+        );
+        assert_eq!(
+            grpc_deadline(Duration::from_secs(2)),
+            Duration::from_millis(1900)
+        );
+        assert_eq!(
+            grpc_deadline(Duration::from_millis(500)),
+            Duration::from_millis(450)
         );
     }
 }

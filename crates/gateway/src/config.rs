@@ -39,6 +39,10 @@ pub struct GatewayConfig {
     pub pool: PoolConfig,
     /// After SIGTERM, how long in-flight requests may run before the gateway exits.
     pub drain: Duration,
+    /// After SIGTERM, how long new connections are still accepted while `/ready` already
+    /// says 503, for load balancers that only stop on a failed probe (0 when a preStop
+    /// pause does this job).
+    pub shutdown_delay: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -51,6 +55,7 @@ impl Default for GatewayConfig {
             keepalive: Duration::from_secs(15),
             pool: PoolConfig::default(),
             drain: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -65,13 +70,15 @@ impl fmt::Debug for GatewayConfig {
             .field("keepalive", &self.keepalive)
             .field("pool", &self.pool)
             .field("drain", &self.drain)
+            .field("shutdown_delay", &self.shutdown_delay)
             .finish()
     }
 }
 
 impl GatewayConfig {
     /// Reads `AGENTMESH_CHAT_URL`, `AGENTMESH_SEARCH_URL`, `AGENTMESH_DATA_URL`,
-    /// `AGENTMESH_ADMIN_KEY`, `AGENTMESH_DRAIN_SECONDS` and the balancing settings
+    /// `AGENTMESH_ADMIN_KEY`, `AGENTMESH_DRAIN_SECONDS`, `AGENTMESH_SHUTDOWN_DELAY_MS`
+    /// and the balancing settings
     /// (`AGENTMESH_AGENT_MAX_CONCURRENCY`, `AGENTMESH_RESOLVE_SECONDS`,
     /// `AGENTMESH_EJECT_SECONDS`); everything else keeps its default.
     pub fn from_env() -> anyhow::Result<GatewayConfig> {
@@ -101,6 +108,12 @@ impl GatewayConfig {
                 anyhow::anyhow!("AGENTMESH_DRAIN_SECONDS must be a whole number, got {raw:?}")
             })?;
             config.drain = Duration::from_secs(seconds);
+        }
+        if let Some(raw) = value("AGENTMESH_SHUTDOWN_DELAY_MS") {
+            let millis = raw.parse::<u64>().map_err(|_| {
+                anyhow::anyhow!("AGENTMESH_SHUTDOWN_DELAY_MS must be a whole number, got {raw:?}")
+            })?;
+            config.shutdown_delay = Duration::from_millis(millis);
         }
         config.pool = PoolConfig::from_lookup(&value).map_err(anyhow::Error::msg)?;
         config.validate()?;

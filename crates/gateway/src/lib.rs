@@ -30,16 +30,17 @@ pub fn router(config: GatewayConfig, state: State) -> anyhow::Result<axum::Route
     Ok(app::build(app))
 }
 
-/// Serves until `shutdown` resolves; then `/ready` turns 503 at once, no new connection
-/// is accepted and in-flight requests (streams included) run to their end, for at most
-/// `config.drain`; whatever still runs then is cut and the function returns.
+/// Serves until `shutdown` resolves; then `/ready` turns 503 at once, new connections
+/// stop (after `config.shutdown_delay`, 0 by default) and in-flight requests (streams
+/// included) run to their end, for at most `config.drain`; whatever still runs then is
+/// cut and the function returns.
 pub async fn serve(
     config: GatewayConfig,
     state: State,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let drain = config.drain;
+    let (drain, delay) = (config.drain, config.shutdown_delay);
     let app = app::AppState::new(config, state)?;
     let router = app::build(app.clone());
     let address = listener.local_addr()?;
@@ -50,6 +51,7 @@ pub async fn serve(
         shutdown.await;
         app.start_draining();
         tracing::info!(drain_seconds = drain.as_secs(), "gateway draining");
+        tokio::time::sleep(delay).await;
         let _ = draining_tx.send(true);
     };
     let server = axum::serve(listener, router)

@@ -1202,3 +1202,92 @@ async fn client_going_away_cancels_the_agent_call_and_records_499() {
     );
     assert_eq!(recorded, 1, "the abandoned request still has its usage row");
 }
+
+#[tokio::test]
+async fn idempotency_key_in_progress_is_409() {
+    let gw = start().await;
+    let send = |prompt: &str| {
+        gw.client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(ADMIN_KEY)
+            .header("idempotency-key", "order-77")
+            .json(&chat_body("chat", prompt))
+            .send()
+    };
+    let first = send("slow:800");
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        send("hi").await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.unwrap().status(), 200);
+    let second = second.unwrap();
+    assert!(second.headers().contains_key("x-request-id"));
+    let error = error_of(second, 409).await;
+    assert_eq!(error["code"], "idempotency_in_progress");
+    assert_eq!(error["type"], "invalid_request_error");
+    assert!(error["message"].as_str().unwrap().contains("order-77"));
+}
+
+#[tokio::test]
+async fn a_full_agent_answers_503_at_once_with_retry_after() {
+    let gw = start_with(Options {
+        max_concurrency: 1,
+        ..Options::default()
+    })
+    .await;
+    let mut body = chat_body("chat", "pause:1500");
+    body["stream"] = json!(true);
+    let holding = gw.post("/v1/chat/completions", ADMIN_KEY, body).await;
+    assert_eq!(holding.status(), 200, "the first call takes the only slot");
+
+    let started = std::time::Instant::now();
+    let refused = gw
+        .post("/v1/chat/completions", ADMIN_KEY, chat_body("chat", "hi"))
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let error = error_of(refused, 503).await;
+    assert_eq!(error["code"], "agent_overloaded");
+    assert_eq!(error["type"], "service_unavailable");
+    assert!(error["message"].as_str().unwrap().contains("chat"));
+    assert!(
+        waited < Duration::from_millis(500),
+        "no queueing: {waited:?}"
+    );
+    let search = gw
+        .post("/v1/search", ADMIN_KEY, json!({"query": "pods"}))
+        .await;
+    assert_eq!(search.status(), 200, "other agents have their own limit");
+
+    let text = holding.text().await.unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    let again = gw
+        .post("/v1/chat/completions", ADMIN_KEY, chat_body("chat", "hi"))
+        .await;
+    assert_eq!(
+        again.status(),
+        200,
+        "the slot is free once the stream ended"
+    );
+}
+
+#[tokio::test]
+async fn client_timeout_sets_a_shorter_grpc_deadline() {
+    let gw = start().await;
+    let response = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(ADMIN_KEY)
+        .header("x-agentmesh-timeout-ms", "5000")
+        .json(&chat_body("chat", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = gw.agent.seen.lock().unwrap();
+    let sent = seen.timeouts[0].clone().unwrap();
+    let sent = agentmesh_agent_runtime::parse_grpc_timeout(&sent).unwrap();
+    assert!(sent <= Duration::from_millis(4900), "{sent:?}");
+    assert!(sent >= Duration::from_millis(4000), "{sent:?}");
+}

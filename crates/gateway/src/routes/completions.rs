@@ -20,6 +20,7 @@ use axum::response::sse::{Event, KeepAlive};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -62,8 +63,8 @@ async fn run(
     call: ChatCall,
 ) -> Result<Response, ApiError> {
     tracing::Span::current().record("agent", call.agent.as_str());
-    caller.require_agent(call.agent)?;
     tracing::Span::current().record("model", call.model.as_str());
+    caller.require_agent(call.agent)?;
 
     let mut claim = None;
     if let Some(key) = idempotency_key(headers)?.filter(|_| !call.stream) {
@@ -96,7 +97,14 @@ struct Opened {
     rest: Streaming<ChatEvent>,
     /// Counts the stream against the agent's concurrency limit and its address's load
     /// until dropped.
-    _slot: Call,
+    slot: Call,
+}
+
+/// A concurrency slot of the agent, or 503 `agent_overloaded` at once.
+fn take_slot(app: &AppState, agent: AgentName) -> Result<Call, ApiError> {
+    let pool = app.agents.pool(agent);
+    pool.call()
+        .map_err(|e| error_from_status(agent.as_str(), &e.to_status()))
 }
 
 /// How one attempt on one address ended, when it did not produce a first event.
@@ -110,28 +118,23 @@ enum Attempt {
 /// is still answered with a proper HTTP status. A transport failure before the first
 /// event moves the call to another address; nothing reached the client yet.
 async fn open(
-    app: &AppState,
     caller: &Caller,
     call: &ChatCall,
     deadline: Instant,
+    mut slot: Call,
 ) -> Result<Opened, ApiError> {
     let agent = call.agent.as_str();
     let balance_error = |e: BalanceError| error_from_status(agent, &e.to_status());
-    let mut slot = app.agents.pool(call.agent).call().map_err(balance_error)?;
     let mut last = None;
     loop {
-        let channel = match slot.next_channel(last.is_some()).await {
+        let channel = match slot.next_channel(slot.attempts() > 0).await {
             Ok(Some(channel)) => channel,
             Ok(None) => return Err(last.unwrap_or_else(|| answer::no_address(agent))),
             Err(error) => return Err(balance_error(error)),
         };
         match attempt(channel, caller, call, deadline).await {
             Ok((first, rest)) => {
-                return Ok(Opened {
-                    first,
-                    rest,
-                    _slot: slot,
-                })
+                return Ok(Opened { first, rest, slot });
             }
             Err(Attempt::Retry(status)) => {
                 tracing::debug!(agent, address = ?slot.address(), error = %status, "attempt failed");
@@ -189,13 +192,15 @@ async fn complete(
         call.estimated_tokens,
     );
 
-    let collected = match open(app, caller, &call, deadline).await {
-        Ok(Opened { first, rest, _slot }) => {
-            let events = futures::stream::once(async { Ok(first) }).chain(rest);
-            answer::collect(Box::pin(events), deadline, &mut settlement, &answer).await
-        }
-        Err(error) => Err(error),
-    };
+    let collected = crate::metrics::agent_time(collect_answer(
+        app,
+        caller,
+        &call,
+        deadline,
+        &mut settlement,
+        &answer,
+    ))
+    .await;
     match collected {
         Ok(collected) => {
             settlement.finish(200);
@@ -205,6 +210,46 @@ async fn complete(
             app.metrics.agent_error(agent, error.status.as_u16());
             settlement.finish(error.status.as_u16());
             Err(error)
+        }
+    }
+}
+
+/// Reads a whole answer. Nothing reached the client yet, so an answer cut by the
+/// transport (the replica died) is asked again of another address.
+async fn collect_answer(
+    app: &AppState,
+    caller: &Caller,
+    call: &ChatCall,
+    deadline: Instant,
+    settlement: &mut Settlement,
+    answer: &Answer,
+) -> Result<answer::Collected, ApiError> {
+    let mut slot = take_slot(app, call.agent)?;
+    loop {
+        let opened = open(caller, call, deadline, slot).await?;
+        let cut = Arc::new(Mutex::new(None::<Status>));
+        let seen = cut.clone();
+        let events = futures::stream::once(async { Ok(opened.first) })
+            .chain(opened.rest)
+            .inspect(move |item| {
+                if let (Err(status), Ok(mut cut)) = (item, seen.lock()) {
+                    *cut = Some(status.clone());
+                }
+            });
+        let result = answer::collect(Box::pin(events), deadline, settlement, answer).await;
+        let by_transport = cut
+            .lock()
+            .ok()
+            .and_then(|cut| cut.as_ref().map(is_transport_failure))
+            .unwrap_or(false);
+        slot = opened.slot;
+        match result {
+            Err(error) if by_transport && slot.can_retry() => {
+                tracing::info!(agent = answer.agent, address = ?slot.address(), error = %error,
+                    "answer cut, retrying");
+                slot.failed();
+            }
+            other => return other,
         }
     }
 }
@@ -219,7 +264,8 @@ async fn stream(app: &AppState, caller: &Caller, call: ChatCall) -> Result<Respo
         agent,
         call.estimated_tokens,
     );
-    let opened = match open(app, caller, &call, deadline).await {
+    let opening = async { open(caller, &call, deadline, take_slot(app, call.agent)?).await };
+    let opened = match crate::metrics::agent_time(opening).await {
         Ok(opened) => opened,
         Err(error) => {
             app.metrics.agent_error(agent, error.status.as_u16());
@@ -255,10 +301,10 @@ fn sse_events(
     let Opened {
         first,
         mut rest,
-        _slot,
+        slot,
     } = opened;
     async_stream::stream! {
-        let _slot = _slot;
+        let _slot = slot;
         yield Ok(sse(builder.opening()));
         let mut next = Some(first);
         loop {

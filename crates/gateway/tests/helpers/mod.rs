@@ -371,6 +371,8 @@ pub struct Options {
     pub max_body_bytes: usize,
     pub agents_down: bool,
     pub keepalive: Duration,
+    /// Calls in flight per agent before the gateway answers 503.
+    pub max_concurrency: usize,
 }
 
 impl Default for Options {
@@ -379,6 +381,7 @@ impl Default for Options {
             max_body_bytes: 64 * 1024,
             agents_down: false,
             keepalive: Duration::from_secs(15),
+            max_concurrency: 1024,
         }
     }
 }
@@ -417,6 +420,10 @@ pub async fn start_on(state: State, dir: tempfile::TempDir, options: Options) ->
         request_timeout: Duration::from_secs(10),
         max_body_bytes: options.max_body_bytes,
         keepalive: options.keepalive,
+        pool: agentmesh_agent_runtime::balance::PoolConfig {
+            max_concurrency: options.max_concurrency,
+            ..Default::default()
+        },
         ..GatewayConfig::default()
     };
     let created = agentmesh_gateway::bootstrap_admin_key(&state, &config)
