@@ -677,3 +677,68 @@ async fn listen(
         tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    fn key(id: &str) -> ApiKey {
+        ApiKey {
+            id: id.into(),
+            name: id.into(),
+            prefix: "am-xyz".into(),
+            scopes: vec![],
+            rpm_limit: None,
+            tpm_limit: None,
+            budget_usd: None,
+            spent_usd: 0.0,
+            expires_at: None,
+            revoked_at: None,
+            created_at: chrono::Utc::now(),
+            last_used_at: None,
+        }
+    }
+
+    async fn subscribers(channel: &str) -> i64 {
+        let client = redis::Client::open(testing::redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        n
+    }
+
+    /// A copy kept in one replica's memory (cached while Redis was away) is
+    /// dropped when another replica invalidates the key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invalidation_reaches_other_replicas_memory() {
+        let prefix = testing::fresh_redis_prefix();
+        let url = testing::redis_url();
+        let timeout = Duration::from_millis(500);
+        let a = RedisHot::connect(&url, &prefix, timeout).unwrap();
+        let b = RedisHot::connect(&url, &prefix, timeout).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while subscribers(&a.channel()).await < 2 {
+            assert!(Instant::now() < deadline, "replicas never subscribed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        a.fallback
+            .put_key("hash-1", &key("k1"), Duration::from_secs(30));
+        a.fallback
+            .put_key("hash-2", &key("k2"), Duration::from_secs(30));
+        b.invalidate_key_id("k1").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while a.fallback.get_key("hash-1").is_some() {
+            assert!(Instant::now() < deadline, "invalidation never arrived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(a.fallback.get_key("hash-2").is_some());
+        testing::cleanup_redis(&prefix).await;
+    }
+}

@@ -5,20 +5,25 @@ use super::new_key;
 use super::proxy::Proxy;
 use agentmesh_state::testing;
 use agentmesh_state::{
-    hash_secret, Hot, PoolSettings, RateLimits, RedisHot, State, StateConfig, StateError,
-    DEFAULT_REDIS_TIMEOUT,
+    hash_secret, CachedConversation, Conversation, Hot, PoolSettings, RateLimits, RedisHot, State,
+    StateConfig, StateError, DEFAULT_REDIS_TIMEOUT,
 };
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
-/// Log lines written while a test runs (this thread only).
+/// Log lines written by every test of this binary.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
-    fn count(&self, needle: &str) -> usize {
+    /// Lines inside span `span` that contain `needle`.
+    fn count(&self, span: &str, needle: &str) -> usize {
         let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8_lossy(&bytes).matches(needle).count()
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|line| line.contains(span) && line.contains(needle))
+            .count()
     }
 }
 
@@ -33,15 +38,22 @@ impl std::io::Write for Captured {
     }
 }
 
-fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (captured, tracing::subscriber::set_default(subscriber))
+/// One global subscriber for the binary: a thread-local one misses events
+/// whose callsite another test's thread registered first.
+fn captured_logs() -> Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        captured
+    })
+    .clone()
 }
 
 fn redis_target() -> String {
@@ -53,10 +65,14 @@ fn redis_target() -> String {
 /// A frozen Redis (connections accepted, nothing answered): every call
 /// returns within its timeout from process memory, degraded mode is entered
 /// and logged once, and left by itself (logged once) when Redis answers again.
-/// Runs on one thread so that the log capture sees every line.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_redis_degrades_once_and_recovers() {
-    let (logs, _guard) = capture_logs();
+    let logs = captured_logs();
+    let span = tracing::info_span!("frozen_redis_test");
+    frozen_redis(&logs).instrument(span).await;
+}
+
+async fn frozen_redis(logs: &Captured) {
     let proxy = Proxy::start(&redis_target());
     let prefix = testing::fresh_redis_prefix();
     let timeout = Duration::from_millis(200);
@@ -94,8 +110,20 @@ async fn frozen_redis_degrades_once_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(calls > 20, "{calls}");
-    assert_eq!(logs.count("redis unavailable, using process memory"), 1);
-    assert_eq!(logs.count("redis recovered, leaving degraded mode"), 1);
+    assert_eq!(
+        logs.count(
+            "frozen_redis_test",
+            "redis unavailable, using process memory"
+        ),
+        1
+    );
+    assert_eq!(
+        logs.count(
+            "frozen_redis_test",
+            "redis recovered, leaving degraded mode"
+        ),
+        1
+    );
 
     // Back on shared counters: another replica, straight to Redis, sees this one's request.
     let other = RedisHot::connect(&testing::redis_url(), &prefix, timeout).unwrap();
@@ -255,4 +283,42 @@ async fn exhausted_pool_fails_fast() {
     assert_eq!(state.db.get_key("k1").await.unwrap(), None);
     drop(state);
     db.cleanup().await;
+}
+
+/// A conversation invalidation that cannot reach Redis is retried once Redis
+/// answers again, so the stale copy is not served until its TTL runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_conversation_invalidation_is_retried() {
+    let mut proxy = Proxy::start(&redis_target());
+    let prefix = testing::fresh_redis_prefix();
+    let url = format!("redis://{}", proxy.addr);
+    let hot = RedisHot::connect(&url, &prefix, Duration::from_millis(200)).unwrap();
+    let conversation = Conversation {
+        id: "c1".into(),
+        key_id: "k1".into(),
+        created_at: chrono::Utc::now(),
+        messages: vec![],
+    };
+    let ttl = Duration::from_secs(60);
+    hot.cache_conversation(&conversation, 0, ttl).await.unwrap();
+    assert!(matches!(
+        hot.cached_conversation("c1").await.unwrap(),
+        CachedConversation::Hit(_)
+    ));
+
+    proxy.stop().await;
+    hot.invalidate_conversation("c1").await.unwrap();
+    assert!(hot.degraded());
+    proxy.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hot.degraded() {
+        assert!(Instant::now() < deadline, "never left degraded mode");
+        let _ = hot.ping().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(matches!(
+        hot.cached_conversation("c1").await.unwrap(),
+        CachedConversation::Miss { .. }
+    ));
+    testing::cleanup_redis(&prefix).await;
 }
