@@ -408,3 +408,114 @@ async fn provider_failures_name_the_provider() {
     );
     replica.terminate();
 }
+
+/// A free loopback port for a child process to bind.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+async fn status_of(client: &reqwest::Client, url: &str) -> Option<u16> {
+    client
+        .get(url)
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_gateway_binary_lets_20_open_streams_finish() {
+    let mut replica = Replica::start("127.0.0.1:0".parse().unwrap(), slow_reply(15, 150, 0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentmesh-gateway"))
+        .env("AGENTMESH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AGENTMESH_DATA_DIR", dir.path())
+        .env("AGENTMESH_ADMIN_KEY", ADMIN_KEY)
+        .env("AGENTMESH_CHAT_URL", replica.url())
+        .env("AGENTMESH_SEARCH_URL", replica.url())
+        .env("AGENTMESH_DATA_URL", replica.url())
+        .env("AGENTMESH_SHUTDOWN_DELAY_MS", "1000")
+        .env("AGENTMESH_DRAIN_SECONDS", "20")
+        .env("AGENTMESH_LOG", "warn")
+        .env_remove("AGENTMESH_DATABASE_URL")
+        .env_remove("AGENTMESH_REDIS_URL")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let probe = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut ready = None;
+    for _ in 0..200 {
+        ready = status_of(&probe, &format!("{base}/ready")).await;
+        if ready == Some(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, Some(200), "the gateway binary became ready");
+
+    let client = reqwest::Client::new();
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let response = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"model": "chat", "stream": true,
+                          "messages": [{"role": "user", "content": "slow please"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.bytes_stream();
+        let first = body.next().await.unwrap().unwrap();
+        streams.push((body, String::from_utf8(first.to_vec()).unwrap()));
+    }
+
+    let pid = gateway.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut unready_at = None;
+    for _ in 0..100 {
+        if status_of(&probe, &format!("{base}/ready")).await == Some(503) {
+            unready_at = Some(Instant::now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let unready_at = unready_at.expect("/ready said 503 after SIGTERM");
+
+    let finished =
+        futures::future::join_all(streams.into_iter().map(|(mut body, mut text)| async move {
+            while let Some(chunk) = body.next().await {
+                text.push_str(&String::from_utf8(chunk.unwrap().to_vec()).unwrap());
+            }
+            (Instant::now(), text)
+        }))
+        .await;
+    for (ended_at, text) in &finished {
+        let events = sse_data(text);
+        assert_eq!(events.last().unwrap(), "[DONE]", "{text}");
+        assert!(!text.contains("\"error\""), "{text}");
+        assert!(
+            *ended_at > unready_at,
+            "/ready said 503 before any stream ended"
+        );
+    }
+
+    let exit = tokio::time::timeout(Duration::from_secs(20), gateway.wait())
+        .await
+        .expect("the gateway exits after draining")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(status_of(&probe, &format!("{base}/health")).await, None);
+    replica.terminate();
+}
