@@ -1291,3 +1291,39 @@ async fn client_timeout_sets_a_shorter_grpc_deadline() {
     assert!(sent <= Duration::from_millis(4900), "{sent:?}");
     assert!(sent >= Duration::from_millis(4000), "{sent:?}");
 }
+
+#[tokio::test]
+async fn openapi_documents_routes_that_exist() {
+    let gw = start().await;
+    let doc: Value = gw
+        .get("/openapi.json", ADMIN_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, methods) in paths {
+        let concrete = path
+            .replace("{agent}", "chat")
+            .replace('{', "")
+            .replace('}', "");
+        for (method, operation) in methods.as_object().unwrap() {
+            operations += 1;
+            assert!(operation["responses"]["400"].is_object(), "{method} {path}");
+            let url = gw.url(&concrete);
+            let request = match method.as_str() {
+                "get" => gw.client.get(url),
+                "delete" => gw.client.delete(url),
+                "post" => gw.client.post(url).json(&json!({})),
+                other => panic!("unexpected method {other}"),
+            };
+            let response = request.bearer_auth(ADMIN_KEY).send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            assert_ne!(status, 405, "{method} {path}: {text}");
+            assert!(!text.contains("unknown_route"), "{method} {path}: {text}");
+        }
+    }
+    assert_eq!(operations, 22, "every route of the router is documented");
+}
