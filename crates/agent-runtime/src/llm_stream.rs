@@ -58,6 +58,7 @@ pub async fn forward_llm_stream(
                 finish_reason,
                 model,
             } => {
+                tracing::Span::current().record("model", model.as_str());
                 out.finish_reason = finish_reason;
                 out.model = model;
             }

@@ -64,6 +64,7 @@ impl RequestMeta {
             rpc,
             request_id = %self.request_id,
             key_id = %self.key_id,
+            model = tracing::field::Empty,
         );
         let traceparent = self.traceparent.as_deref();
         agentmesh_telemetry::propagation::set_parent_from_traceparent(&span, traceparent);
