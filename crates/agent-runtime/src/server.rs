@@ -77,3 +77,64 @@ pub async fn serve_grpc_draining(
     tracing::info!(agent = name, "grpc stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    #[tokio::test]
+    async fn shutdown_says_not_serving_at_once_then_drains_within_the_period() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let routes = tonic::service::RoutesBuilder::default().routes();
+        let drain = Duration::from_millis(500);
+        let server = tokio::spawn(serve_grpc_draining(
+            "test",
+            listener,
+            routes,
+            &["agentmesh.v1.Agent"],
+            async move {
+                let _ = stopped.await;
+            },
+            drain,
+        ));
+        let channel = tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let request = HealthCheckRequest {
+            service: "agentmesh.v1.Agent".into(),
+        };
+        // Watch is a stream that never ends by itself: it stands for a long answer.
+        let mut watch = HealthClient::new(channel)
+            .watch(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.message().await.unwrap().unwrap();
+        assert_eq!(first.status(), ServingStatus::Serving.into());
+
+        let started = std::time::Instant::now();
+        stop.send(()).unwrap();
+        let next = tokio::time::timeout(Duration::from_millis(300), watch.message())
+            .await
+            .expect("the status changes at once")
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.status(), ServingStatus::NotServing.into());
+
+        let served = tokio::time::timeout(Duration::from_secs(3), server)
+            .await
+            .expect("the server stops once the drain period is over");
+        served.unwrap().unwrap();
+        let took = started.elapsed();
+        assert!(
+            took >= drain,
+            "the open stream was given the drain period: {took:?}"
+        );
+    }
+}
