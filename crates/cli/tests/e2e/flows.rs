@@ -303,6 +303,10 @@ pub fn streamed_content(sse: &str) -> String {
     sse.lines()
         .filter_map(|line| line.strip_prefix("data: "))
         .filter_map(|data| serde_json::from_str::<Value>(data).ok())
-        .filter_map(|event| event["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .filter_map(|event| {
+            event["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect()
 }

@@ -130,6 +130,9 @@ pub fn local_model() -> PathBuf {
     assert!(output.status.success(), "fetch-model.sh failed: {output:?}");
     let printed = String::from_utf8_lossy(&output.stdout);
     let path = repo_root().join(printed.lines().last().unwrap_or("").trim());
-    assert!(path.is_file(), "fetch-model.sh printed no model path: {printed}");
+    assert!(
+        path.is_file(),
+        "fetch-model.sh printed no model path: {printed}"
+    );
     path
 }

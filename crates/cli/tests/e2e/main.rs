@@ -115,7 +115,10 @@ async fn embedded_default_answers_with_the_local_model() {
 
     let (status, models) = api.call("GET", "/v1/models", None).await;
     assert_eq!(status, 200, "{models}");
-    assert_eq!(models["data"][0]["llm_model"], "SmolLM2-135M-Instruct", "{models}");
+    assert_eq!(
+        models["data"][0]["llm_model"], "SmolLM2-135M-Instruct",
+        "{models}"
+    );
 
     let body = serde_json::json!({"model": "chat", "stream": true, "max_tokens": 12,
         "temperature": 0, "messages": [{"role": "user", "content": "Say hello."}]});
