@@ -8,7 +8,9 @@
 //! every latency and prints p50/p99 and requests per second for both paths.
 //!
 //! Rate limits run against Redis when `AGENTMESH_BENCH_REDIS_URL` (default
-//! `redis://127.0.0.1:6379`) answers, else in process; the printout says which.
+//! `redis://127.0.0.1:6379`) answers, else in process; keys and the usage ledger live in
+//! SQLite, or in a fresh Postgres database with `AGENTMESH_BENCH_DB=postgres` (server from
+//! `AGENTMESH_TEST_DATABASE_URL`). The printout says which.
 
 #![allow(
     clippy::unwrap_used,
@@ -22,6 +24,7 @@ use agentmesh_proto::v1::agent_client::AgentClient;
 use agentmesh_proto::v1::agent_server::{Agent, AgentServer};
 use agentmesh_proto::v1::chat_event::Event;
 use agentmesh_proto::v1::*;
+use agentmesh_state::testing::{fresh_postgres, TestDb};
 use agentmesh_state::{State, StateConfig};
 use criterion::Criterion;
 use futures::{Stream, StreamExt};
@@ -151,14 +154,22 @@ async fn redis_url() -> Option<String> {
     matches!(reachable, Ok(Ok(_))).then_some(url)
 }
 
-async fn setup(dir: &std::path::Path) -> (Target, String) {
+async fn setup(dir: &std::path::Path) -> (Target, String, Option<TestDb>) {
     let agent_url = start_agent().await;
     let mut state_config = StateConfig::embedded(dir);
+    let postgres = match std::env::var("AGENTMESH_BENCH_DB").as_deref() {
+        Ok("postgres") => Some(fresh_postgres().await),
+        _ => None,
+    };
+    if let Some(db) = &postgres {
+        state_config.database_url = db.url.clone();
+    }
     state_config.redis_url = redis_url().await;
     state_config.redis_prefix = format!("bench:{}:", uuid::Uuid::new_v4().simple());
+    let database = if postgres.is_some() { "Postgres" } else { "SQLite" };
     let limits = match &state_config.redis_url {
-        Some(url) => format!("rate limits in Redis ({url})"),
-        None => "rate limits in process (no Redis reachable)".to_string(),
+        Some(url) => format!("rate limits in Redis ({url}), {database}"),
+        None => format!("rate limits in process (no Redis reachable), {database}"),
     };
     let state = State::connect(&state_config).await.unwrap();
     let config = GatewayConfig {
@@ -211,7 +222,7 @@ async fn setup(dir: &std::path::Path) -> (Target, String) {
             .unwrap_or_else(|| panic!("key not created: {created}"))
             .to_string(),
     };
-    (target, limits)
+    (target, limits, postgres)
 }
 
 /// Runs `total` calls with `concurrency` workers; the wall time of all of them.
@@ -338,7 +349,7 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (target, limits) = runtime.block_on(setup(dir.path()));
+    let (target, limits, postgres) = runtime.block_on(setup(dir.path()));
 
     let mut criterion = Criterion::default()
         .sample_size(10)
@@ -361,5 +372,8 @@ fn main() {
     let benchmarking = std::env::args().any(|arg| arg == "--bench");
     if benchmarking {
         report(&runtime, &target, &limits);
+    }
+    if let Some(db) = postgres {
+        runtime.block_on(db.cleanup());
     }
 }

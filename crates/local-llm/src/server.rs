@@ -63,7 +63,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(model)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(model))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn models(State(model): State<LocalModel>) -> Json<Value> {
@@ -143,7 +145,9 @@ async fn stream_answer(model: LocalModel, request: CompletionRequest) -> Respons
                 "code": null, "param": null}}),
         }))
         .map(|value| Ok::<Event, Infallible>(Event::default().data(value.to_string())))
-        .chain(futures::stream::once(async { Ok(Event::default().data("[DONE]")) }));
+        .chain(futures::stream::once(async {
+            Ok(Event::default().data("[DONE]"))
+        }));
     Sse::new(body).into_response()
 }
 
@@ -156,11 +160,16 @@ fn usage_json(usage: &Usage) -> Value {
 fn llm_error(err: &LlmError) -> Response {
     match err {
         LlmError::BadRequest { message, .. } => error(StatusCode::BAD_REQUEST, message),
-        LlmError::Upstream { status: 503, message, .. } => {
+        LlmError::Upstream {
+            status: 503,
+            message,
+            ..
+        } => {
             let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(BUSY_RETRY_AFTER_SECS));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(BUSY_RETRY_AFTER_SECS),
+            );
             response
         }
         other => error(StatusCode::INTERNAL_SERVER_ERROR, &other.to_string()),
@@ -168,7 +177,11 @@ fn llm_error(err: &LlmError) -> Response {
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    let kind = if status.is_client_error() { "invalid_request_error" } else { "server_error" };
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
     let body = json!({"error": {"message": message, "type": kind, "code": null, "param": null}});
     (status, Json(body)).into_response()
 }
@@ -178,5 +191,8 @@ fn completion_id() -> String {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
