@@ -166,7 +166,11 @@ async fn setup(dir: &std::path::Path) -> (Target, String, Option<TestDb>) {
     }
     state_config.redis_url = redis_url().await;
     state_config.redis_prefix = format!("bench:{}:", uuid::Uuid::new_v4().simple());
-    let database = if postgres.is_some() { "Postgres" } else { "SQLite" };
+    let database = if postgres.is_some() {
+        "Postgres"
+    } else {
+        "SQLite"
+    };
     let limits = match &state_config.redis_url {
         Some(url) => format!("rate limits in Redis ({url}), {database}"),
         None => format!("rate limits in process (no Redis reachable), {database}"),
