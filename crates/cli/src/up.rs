@@ -75,6 +75,14 @@ enum BuiltInProvider {
 }
 
 impl Running {
+    /// The built-in mock provider, when this system runs on it (tests read its request log).
+    pub fn mock(&self) -> Option<&MockLlm> {
+        match &self.provider {
+            Some(BuiltInProvider::Mock(mock)) => Some(mock),
+            _ => None,
+        }
+    }
+
     /// Stops the gateway first (its `/ready` turns 503, its in-flight streams finish
     /// within `AGENTMESH_DRAIN_SECONDS`, their tool calls still reach the agents), then
     /// the agents, then the built-in provider.

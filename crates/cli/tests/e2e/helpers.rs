@@ -136,3 +136,17 @@ pub fn local_model() -> PathBuf {
     );
     path
 }
+
+/// `agentmesh up` options for a test: embedded state in `dir`, the mock provider.
+pub fn mock_options(dir: &Path) -> agentmesh_cli::UpOptions {
+    agentmesh_cli::UpOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.to_path_buf(),
+        database_url: None,
+        redis_url: None,
+        redis_prefix: "unused:".into(),
+        llm: "mock".into(),
+        mock_script: None,
+        quiet: true,
+    }
+}

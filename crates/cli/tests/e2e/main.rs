@@ -1,5 +1,6 @@
 //! End-to-end tests: the whole system, driven over HTTP as users drive it.
 
+mod batch;
 mod flows;
 mod helpers;
 
