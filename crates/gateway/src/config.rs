@@ -115,7 +115,7 @@ impl GatewayConfig {
             })?;
             config.shutdown_delay = Duration::from_millis(millis);
         }
-        config.pool = PoolConfig::from_lookup(&value).map_err(anyhow::Error::msg)?;
+        config.pool = PoolConfig::from_lookup(value).map_err(anyhow::Error::msg)?;
         config.validate()?;
         Ok(config)
     }

@@ -1304,10 +1304,7 @@ async fn openapi_documents_routes_that_exist() {
     let paths = doc["paths"].as_object().unwrap();
     let mut operations = 0;
     for (path, methods) in paths {
-        let concrete = path
-            .replace("{agent}", "chat")
-            .replace('{', "")
-            .replace('}', "");
+        let concrete = path.replace("{agent}", "chat").replace(['{', '}'], "");
         for (method, operation) in methods.as_object().unwrap() {
             operations += 1;
             assert!(operation["responses"]["400"].is_object(), "{method} {path}");

@@ -297,7 +297,7 @@ async fn terminating_a_replica_lets_its_streams_finish() {
     }
     let on_stopping = stopping.mock.requests().len();
     assert!(
-        on_stopping > 0 && staying.mock.requests().len() > 0,
+        on_stopping > 0 && !staying.mock.requests().is_empty(),
         "both replicas hold streams ({on_stopping} on the stopping one)"
     );
 
@@ -308,7 +308,7 @@ async fn terminating_a_replica_lets_its_streams_finish() {
     }
     for (stream, text) in streams.iter_mut().zip(texts.iter_mut()) {
         while let Some(chunk) = stream.next().await {
-            text.push_str(&String::from_utf8(chunk.unwrap().to_vec()).unwrap());
+            text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
         }
     }
     for text in &texts {
@@ -496,7 +496,7 @@ async fn sigterm_to_the_gateway_binary_lets_20_open_streams_finish() {
     let finished =
         futures::future::join_all(streams.into_iter().map(|(mut body, mut text)| async move {
             while let Some(chunk) = body.next().await {
-                text.push_str(&String::from_utf8(chunk.unwrap().to_vec()).unwrap());
+                text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
             }
             (Instant::now(), text)
         }))
