@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
     let mut shell = ShellRunner;
-    let mut dry = DryRunner::default();
+    let mut dry = DryRunner;
     let runner: &mut dyn Runner = if cli.dry_run { &mut dry } else { &mut shell };
     match cli.command {
         Task::Test { args } => test(&root, &args),

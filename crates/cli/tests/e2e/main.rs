@@ -1,5 +1,7 @@
 //! End-to-end tests: the whole system, driven over HTTP as users drive it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod batch;
 mod flows;
 mod helpers;
