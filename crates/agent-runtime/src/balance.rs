@@ -586,7 +586,8 @@ impl Call {
             if let Ok(mut ejected) = backend.ejected_until.lock() {
                 *ejected = Some(until);
             }
-            tracing::warn!(agent = %self.inner.agent, address = %backend.address, "address ejected");
+            let (agent, address) = (&self.inner.agent, backend.address);
+            tracing::warn!(agent = %agent, address = %address, "address ejected");
         }
     }
 

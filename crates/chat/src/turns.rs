@@ -5,8 +5,9 @@
 //! clean. When the request carries an id (`idempotency-key`, else `x-request-id`),
 //! the turn is also recorded under an idempotency record named after the
 //! conversation, that id and the user's message (so a client that reuses one id
-//! for different questions still gets answers to each): a retry of a stored turn is answered from the record
-//! without calling the model, and a concurrent duplicate answers but stores nothing.
+//! for different questions still gets answers to each): a retry of a stored turn
+//! is answered from the record without calling the model, and a concurrent
+//! duplicate answers but stores nothing.
 
 use agentmesh_state::{Database, IdempotencyClaim, NewMessage, StateError, StoredResponse};
 use serde::{Deserialize, Serialize};

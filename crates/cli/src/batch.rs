@@ -564,7 +564,10 @@ mod tests {
 
     #[test]
     fn every_bad_line_is_reported_with_its_number() {
-        let good = r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"chat"}}"#;
+        let good = concat!(
+            r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","#,
+            r#""body":{"model":"chat"}}"#
+        );
         let file = write(&[
             good,
             "{not json",

@@ -241,7 +241,10 @@ async fn one_trace_per_request_metrics_and_clean_logs() {
     let created: Value = created.json().await.unwrap();
     let user_key = created["key"].as_str().expect("new key").to_string();
 
-    let chat = |content: &str| json!({"model": "chat", "messages": [{"role": "user", "content": content}]});
+    let chat = |content: &str| {
+        let message = json!({"role": "user", "content": content});
+        json!({"model": "chat", "messages": [message]})
+    };
     let plain = client
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(&user_key)

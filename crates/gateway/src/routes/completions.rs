@@ -137,7 +137,8 @@ async fn open(
                 return Ok(Opened { first, rest, slot });
             }
             Err(Attempt::Retry(status)) => {
-                tracing::debug!(agent, address = ?slot.address(), error = %status, "attempt failed");
+                let address = slot.address();
+                tracing::debug!(agent, address = ?address, error = %status, "attempt failed");
                 slot.failed();
                 last = Some(error_from_status(agent, &status));
             }
