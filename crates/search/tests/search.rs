@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod helpers;
+use agentmesh_agent_testing as helpers;
 
 use agentmesh_agent_runtime::Peers;
 use agentmesh_mock_llm::{MockConfig, Rule};

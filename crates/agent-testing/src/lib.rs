@@ -1,6 +1,7 @@
-//! Starts an agent on port 0 with embedded SQLite state and the mock LLM.
+//! Test support shared by the agent crates: starts an agent on port 0 with embedded
+//! SQLite state and the mock LLM, and reads its answers.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use agentmesh_agent_runtime::{AgentContext, Peers};
 use agentmesh_llm::{LlmClient, LlmConfig};
