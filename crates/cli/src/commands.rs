@@ -184,12 +184,27 @@ pub async fn docs(command: DocsCommand, args: ClientArgs) -> anyhow::Result<()> 
 
 async fn ingest(client: &Client, paths: &[PathBuf], as_json: bool) -> anyhow::Result<()> {
     let files = collect_files(paths, &["md", "markdown", "txt"])?;
-    let bar = progress(files.len(), "ingesting");
-    let results: Vec<anyhow::Result<Value>> = futures::stream::iter(files)
+    let results = upload_each(&files, "ingesting", |path| ingest_file(client, path)).await;
+    summarize("documents", results, as_json)
+}
+
+/// Sends every file with `send`, a few at a time, behind one progress bar; a
+/// failed file is reported and the others go on.
+async fn upload_each<'a, F, Fut>(
+    files: &'a [PathBuf],
+    what: &str,
+    send: F,
+) -> Vec<anyhow::Result<Value>>
+where
+    F: Fn(&'a Path) -> Fut + Copy + 'a,
+    Fut: std::future::Future<Output = anyhow::Result<Value>> + 'a,
+{
+    let bar = progress(files.len(), what);
+    let results = futures::stream::iter(files)
         .map(|path| {
             let bar = bar.clone();
             async move {
-                let result = ingest_file(client, &path).await;
+                let result = send(path).await;
                 if let Err(err) = &result {
                     bar.println(format!("failed: {}: {err:#}", path.display()));
                 }
@@ -201,7 +216,7 @@ async fn ingest(client: &Client, paths: &[PathBuf], as_json: bool) -> anyhow::Re
         .collect()
         .await;
     bar.finish_and_clear();
-    summarize("documents", results, as_json)
+    results
 }
 
 async fn ingest_file(client: &Client, path: &Path) -> anyhow::Result<Value> {
@@ -258,23 +273,7 @@ pub async fn data(command: DataCommand, args: ClientArgs) -> anyhow::Result<()> 
 
 async fn load(client: &Client, paths: &[PathBuf], as_json: bool) -> anyhow::Result<()> {
     let files = collect_files(paths, &["csv"])?;
-    let bar = progress(files.len(), "loading");
-    let results: Vec<anyhow::Result<Value>> = futures::stream::iter(files)
-        .map(|path| {
-            let bar = bar.clone();
-            async move {
-                let result = load_file(client, &path).await;
-                if let Err(err) = &result {
-                    bar.println(format!("failed: {}: {err:#}", path.display()));
-                }
-                bar.inc(1);
-                result
-            }
-        })
-        .buffer_unordered(UPLOAD_CONCURRENCY)
-        .collect()
-        .await;
-    bar.finish_and_clear();
+    let results = upload_each(&files, "loading", |path| load_file(client, path)).await;
     summarize("datasets", results, as_json)
 }
 
