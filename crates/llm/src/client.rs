@@ -19,8 +19,13 @@ use crate::keys::KeySource;
 use crate::retry::{backoff, blames_provider, next_step, Next};
 use crate::trace::CallTrace;
 use crate::usage::{estimate, prompt_chars, SharedSink, UsageOutcome, UsageReport, UsageSink};
-use crate::wire::{parse_completion, remaining, request_body, status_error};
-use crate::{Completion, CompletionRequest, LlmConfig, LlmError, LlmEvent, Price, ProviderConfig};
+use crate::wire::{
+    embed_body, parse_completion, parse_embeddings, remaining, request_body, status_error,
+};
+use crate::{
+    Completion, CompletionRequest, EmbedRequest, EmbedResponse, LlmConfig, LlmError, LlmEvent,
+    Price, ProviderConfig,
+};
 
 /// Events of one streamed answer; ends with `Done` or one error item.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<LlmEvent, LlmError>> + Send>>;
@@ -50,6 +55,8 @@ struct Provider {
 
 /// What one attempt needs besides the provider.
 struct Call<'a> {
+    /// Path under the provider's base URL: `chat/completions` or `embeddings`.
+    path: &'static str,
     model: &'a str,
     body: Bytes,
     prompt_chars: usize,
@@ -151,29 +158,82 @@ impl LlmClient {
         }
     }
 
+    /// Vectors for `req.input`, in the same order, with the same retries, fallback,
+    /// circuits, keys and timeouts as chat (the first-byte limit bounds each attempt until
+    /// the response headers). No input answers at once with no vectors and no provider.
+    pub async fn embed(&self, req: EmbedRequest) -> Result<EmbedResponse, LlmError> {
+        let model = req.model.trim();
+        if model.is_empty() {
+            return Err(LlmError::UnknownModel {
+                model: req.model.clone(),
+            });
+        }
+        if req.input.is_empty() {
+            self.providers_for(model)?;
+            let model = model.to_string();
+            return Ok(EmbedResponse {
+                model,
+                ..EmbedResponse::default()
+            });
+        }
+        let body = Bytes::from(embed_body(&req, model).to_string());
+        let chars = req.input.iter().map(|t| t.chars().count()).sum();
+        let trace = self.trace("embeddings", model, false);
+        let call = self.call("embeddings", model, body, chars, req.deadline, trace);
+        let result = self
+            .run(&call, |provider| {
+                self.attempt_embed(provider, &call, req.input.len())
+            })
+            .instrument(call.trace.span())
+            .await;
+        call.trace.embedded(result.as_ref());
+        result
+    }
+
     fn prepare<'a>(&'a self, req: &'a CompletionRequest, stream: bool) -> Call<'a> {
         let config = &self.inner.config;
         let model = req.model.as_deref().filter(|m| !m.trim().is_empty());
         let model = model.unwrap_or(&config.default_model);
         let body = Bytes::from(request_body(req, model, stream).to_string());
+        let chars = prompt_chars(&req.messages);
+        let trace = self.trace("chat", model, stream);
+        self.call("chat/completions", model, body, chars, req.deadline, trace)
+    }
+
+    fn trace(&self, operation: &'static str, model: &str, stream: bool) -> CallTrace {
+        let model_label = crate::metrics::model_label(&self.inner.config, model);
+        CallTrace::new(operation, model, model_label, stream)
+    }
+
+    /// A call's deadline: the caller's when it is tighter than the configured total.
+    fn call<'a>(
+        &self,
+        path: &'static str,
+        model: &'a str,
+        body: Bytes,
+        prompt_chars: usize,
+        theirs: Option<std::time::Instant>,
+        trace: CallTrace,
+    ) -> Call<'a> {
+        let total_timeout = self.inner.config.total_timeout;
         let now = Instant::now();
-        let total = now + config.total_timeout;
-        let (deadline, deadline_what, deadline_limit) = match req.deadline {
+        let total = now + total_timeout;
+        let (deadline, deadline_what, deadline_limit) = match theirs {
             Some(theirs) if Instant::from_std(theirs) < total => {
                 let theirs = Instant::from_std(theirs);
                 (theirs, "deadline", theirs.saturating_duration_since(now))
             }
-            _ => (total, "total", config.total_timeout),
+            _ => (total, "total", total_timeout),
         };
-        let model_label = crate::metrics::model_label(config, model);
         Call {
+            path,
             model,
             body,
-            prompt_chars: prompt_chars(&req.messages),
+            prompt_chars,
             deadline,
             deadline_what,
             deadline_limit,
-            trace: CallTrace::new(model, model_label, stream),
+            trace,
         }
     }
 
@@ -319,6 +379,34 @@ impl LlmClient {
         Ok(completion)
     }
 
+    async fn attempt_embed(
+        &self,
+        p: &Provider,
+        call: &Call<'_>,
+        inputs: usize,
+    ) -> Result<EmbedResponse, LlmError> {
+        let (until, what, limit) = self.first_limit(call, "first byte");
+        let name = &p.config.name;
+        let response = tokio::time::timeout_at(until, self.send(p, call))
+            .await
+            .map_err(|_| timeout(name, what, limit))??;
+        let body = self.read_body(name, response, call).await?;
+        let prices = &self.inner.prices;
+        let (mut answer, has_usage) = parse_embeddings(name, &body, call.model, inputs, prices)?;
+        if !has_usage {
+            let price = crate::usage::price_for(prices, &answer.model, call.model);
+            answer.usage = estimate(call.prompt_chars, 0, &price);
+        }
+        self.sink().record(UsageReport {
+            provider: name.clone(),
+            model: answer.model.clone(),
+            usage: answer.usage,
+            estimated: !has_usage,
+            outcome: UsageOutcome::Finished,
+        });
+        Ok(answer)
+    }
+
     /// A whole body, each read bounded by the idle limit and all of it by the deadline.
     async fn read_body(
         &self,
@@ -412,10 +500,7 @@ impl LlmClient {
     /// Sends the request; a non-2xx answer becomes the matching error.
     async fn send(&self, p: &Provider, call: &Call<'_>) -> Result<reqwest::Response, LlmError> {
         let name = &p.config.name;
-        let url = format!(
-            "{}/chat/completions",
-            p.config.base_url.trim_end_matches('/')
-        );
+        let url = format!("{}/{}", p.config.base_url.trim_end_matches('/'), call.path);
         let mut request = self
             .inner
             .http

@@ -4,7 +4,8 @@
 //! serving its model by priority, skips those whose circuit is open, retries what is worth
 //! retrying, falls back to the next provider, and reports usage with cost (to the caller and
 //! to a [`UsageSink`], dropped streams included). Streams decode SSE incrementally and
-//! always end with `LlmEvent::Done` or an error item.
+//! always end with `LlmEvent::Done` or an error item. [`LlmClient::embed`] asks for
+//! embeddings under the same policies.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 

@@ -28,13 +28,14 @@ struct Inner {
 }
 
 impl CallTrace {
-    pub fn new(model: &str, model_label: String, stream: bool) -> Self {
+    /// `operation` is the GenAI operation name: `chat` or `embeddings`.
+    pub fn new(operation: &'static str, model: &str, model_label: String, stream: bool) -> Self {
         let span = tracing::info_span!(
             "llm",
-            otel.name = %format_args!("chat {model}"),
+            otel.name = %format_args!("{operation} {model}"),
             otel.kind = "client",
             otel.status_code = Empty,
-            gen_ai.operation.name = "chat",
+            gen_ai.operation.name = operation,
             gen_ai.request.model = %model,
             gen_ai.provider.name = Empty,
             gen_ai.response.model = Empty,
@@ -149,6 +150,17 @@ impl CallTrace {
         if let Ok(completion) = result {
             self.usage(&completion.usage);
             self.done(&completion.finish_reason, &completion.model);
+        }
+        self.end(Some(result.map(|_| ())));
+    }
+
+    /// Ends an embeddings call.
+    pub fn embedded(&self, result: Result<&crate::EmbedResponse, &LlmError>) {
+        if let Ok(response) = result {
+            self.usage(&response.usage);
+            self.inner
+                .span
+                .record("gen_ai.response.model", response.model.as_str());
         }
         self.end(Some(result.map(|_| ())));
     }

@@ -94,3 +94,27 @@ pub enum LlmEvent {
         model: String,
     },
 }
+
+/// Texts to embed in one call; the answer has one vector per input, in the same order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbedRequest {
+    /// An embeddings model some provider lists in its `models` (or a provider serving any).
+    pub model: String,
+    pub input: Vec<String>,
+    /// Asks the provider for vectors of this length (models that support it).
+    pub dimensions: Option<u32>,
+    /// The caller's own deadline, as for [`CompletionRequest::deadline`].
+    pub deadline: Option<std::time::Instant>,
+}
+
+/// The vectors of an [`EmbedRequest`], `vectors[i]` for `input[i]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbedResponse {
+    /// The model that answered, as the provider named it.
+    pub model: String,
+    /// The provider that answered (empty when there was no input to send).
+    pub provider: String,
+    pub vectors: Vec<Vec<f32>>,
+    /// Prompt tokens and their cost (`completion_tokens` is 0).
+    pub usage: Usage,
+}

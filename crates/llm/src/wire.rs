@@ -1,4 +1,5 @@
-//! The OpenAI chat completions wire format: request bodies, whole responses, error statuses.
+//! The OpenAI wire format: chat completions and embeddings request bodies, whole responses,
+//! error statuses.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -8,7 +9,10 @@ use serde_json::{json, Map, Value};
 use crate::retry::parse_retry_after;
 use crate::sse::{error_text, parse_usage};
 use crate::usage::price_for;
-use crate::{ChatMessage, Completion, CompletionRequest, LlmError, Price, ToolCall};
+use crate::{
+    ChatMessage, Completion, CompletionRequest, EmbedRequest, EmbedResponse, LlmError, Price,
+    ToolCall,
+};
 
 /// Longest provider error text kept in our own error message.
 const MAX_ERROR_TEXT: usize = 500;
@@ -141,6 +145,91 @@ fn tool_call(call: &Value) -> ToolCall {
     }
 }
 
+/// An embeddings request body (vectors as JSON floats).
+pub(crate) fn embed_body(req: &EmbedRequest, model: &str) -> Value {
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("input".into(), json!(req.input));
+    body.insert("encoding_format".into(), json!("float"));
+    if let Some(d) = req.dimensions {
+        body.insert("dimensions".into(), json!(d));
+    }
+    Value::Object(body)
+}
+
+/// Reads an embeddings answer: exactly one vector per input (placed by `index`), all of one
+/// length. The flag says whether the provider reported usage (else the caller estimates).
+pub(crate) fn parse_embeddings(
+    provider: &str,
+    body: &[u8],
+    asked_model: &str,
+    inputs: usize,
+    prices: &HashMap<String, Price>,
+) -> Result<(EmbedResponse, bool), LlmError> {
+    let invalid = |message: String| LlmError::InvalidResponse {
+        provider: provider.into(),
+        message,
+    };
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("body is not JSON ({e})")))?;
+    if let Some(error) = value.get("error") {
+        let text = error_text(error);
+        return Err(invalid(format!("provider sent an error: {text}")));
+    }
+    let data = value
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid("the answer has no data array".into()))?;
+    if data.len() != inputs {
+        let got = data.len();
+        return Err(invalid(format!("{got} vectors for {inputs} inputs")));
+    }
+    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; inputs];
+    for (i, item) in data.iter().enumerate() {
+        let index = match item.get("index") {
+            None => i,
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n < inputs)
+                .ok_or_else(|| invalid(format!("data[{i}].index is not an input position")))?,
+        };
+        let vector = item
+            .get("embedding")
+            .and_then(Value::as_array)
+            .and_then(|xs| xs.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
+            .ok_or_else(|| invalid(format!("data[{i}].embedding is not an array of numbers")))?;
+        if vectors[index].replace(vector).is_some() {
+            return Err(invalid(format!("two vectors for input {index}")));
+        }
+    }
+    let vectors: Vec<Vec<f32>> = vectors.into_iter().flatten().collect();
+    if vectors
+        .iter()
+        .any(|v| v.is_empty() || v.len() != vectors[0].len())
+    {
+        return Err(invalid("the vectors are empty or differ in length".into()));
+    }
+    let model = value
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .unwrap_or(asked_model)
+        .to_string();
+    let usage = value.get("usage").filter(|u| u.is_object());
+    let price = price_for(prices, &model, asked_model);
+    let mut usage_out = usage.map(|u| parse_usage(u, &price)).unwrap_or_default();
+    usage_out.completion_tokens = 0;
+    usage_out.cost_usd = price.cost(usage_out.prompt_tokens, 0);
+    let response = EmbedResponse {
+        model,
+        provider: provider.to_string(),
+        vectors,
+        usage: usage_out,
+    };
+    Ok((response, usage.is_some()))
+}
+
 /// Maps a non-2xx answer to an error. `retry_after` is the raw header value, if any.
 pub(crate) fn status_error(
     provider: &str,
@@ -261,6 +350,60 @@ mod tests {
         assert_eq!((c.usage.prompt_tokens, c.usage.completion_tokens), (10, 4));
         let err = parse_completion("p", b"<html>", "asked", &prices).unwrap_err();
         assert_eq!(err.kind(), "invalid_response");
+    }
+
+    #[test]
+    fn embeddings_are_placed_by_index_and_counted() {
+        let req = EmbedRequest {
+            input: vec!["a".into(), "b".into()],
+            dimensions: Some(3),
+            ..EmbedRequest::default()
+        };
+        let body = embed_body(&req, "e");
+        assert_eq!(body["input"], json!(["a", "b"]));
+        assert_eq!(
+            (body["dimensions"].clone(), body["encoding_format"].clone()),
+            (json!(3), json!("float"))
+        );
+
+        let prices = HashMap::from([(
+            "e".to_string(),
+            Price {
+                input_per_mtok: 2.0,
+                output_per_mtok: 9.0,
+            },
+        )]);
+        let answer = json!({"model": "e", "data": [
+            {"index": 1, "embedding": [0.0, 1.0]}, {"index": 0, "embedding": [1.0, 0.0]}],
+            "usage": {"prompt_tokens": 500000, "total_tokens": 500000}});
+        let parse = |v: &Value, n| parse_embeddings("p", v.to_string().as_bytes(), "e", n, &prices);
+        let (r, has_usage) = parse(&answer, 2).unwrap();
+        assert!(has_usage);
+        assert_eq!(r.vectors, vec![vec![1.0, 0.0], vec![0.0, 1.0]]);
+        assert_eq!(
+            (r.usage.prompt_tokens, r.usage.completion_tokens),
+            (500000, 0)
+        );
+        assert!((r.usage.cost_usd - 1.0).abs() < 1e-9);
+
+        let err = parse(&answer, 3).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "provider p sent an answer we cannot read: 2 vectors for 3 inputs"
+        );
+        let twice =
+            json!({"data": [{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [2.0]}]});
+        assert!(parse(&twice, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("two vectors for input 0"));
+        let ragged = json!({"data": [{"embedding": [1.0]}, {"embedding": [2.0, 3.0]}]});
+        assert!(parse(&ragged, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("differ in length"));
+        let text = json!({"data": [{"embedding": "AAAA"}]});
+        assert_eq!(parse(&text, 1).unwrap_err().kind(), "invalid_response");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct MockConfig {
     /// When not empty, a request must send `Authorization: Bearer <one of these>` or it
     /// gets a 401. Changed at run time with `MockLlm::set_api_keys` (key rotation tests).
     pub api_keys: Vec<String>,
+    /// Length of `/v1/embeddings` vectors unless a request asks for `dimensions`.
+    pub embedding_dim: usize,
 }
 
 impl Default for MockConfig {
@@ -29,6 +31,7 @@ impl Default for MockConfig {
             rules: Vec::new(),
             chunk_delay: Duration::ZERO,
             api_keys: Vec::new(),
+            embedding_dim: crate::embed::DEFAULT_DIM,
         }
     }
 }
@@ -43,6 +46,7 @@ struct RawConfig {
     chunk_delay_ms: u64,
     #[serde(default)]
     api_keys: Vec<String>,
+    embedding_dim: Option<usize>,
 }
 
 impl MockConfig {
@@ -58,7 +62,8 @@ impl MockConfig {
         self
     }
 
-    /// Reads a JSON script `{"model": "...", "rules": [...], "chunk_delay_ms": 0}`.
+    /// Reads a JSON script `{"model": "...", "rules": [...], "chunk_delay_ms": 0,
+    /// "api_keys": [...], "embedding_dim": 256}`.
     pub fn from_file(path: &Path) -> anyhow::Result<MockConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read mock script {}", path.display()))?;
@@ -72,6 +77,7 @@ impl MockConfig {
             rules: raw.rules,
             chunk_delay: Duration::from_millis(raw.chunk_delay_ms),
             api_keys: raw.api_keys,
+            embedding_dim: raw.embedding_dim.unwrap_or(crate::embed::DEFAULT_DIM),
         };
         config.validate()?;
         Ok(config)
@@ -80,6 +86,13 @@ impl MockConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.model.trim().is_empty() {
             bail!("model is empty");
+        }
+        if !(1..=crate::embed::MAX_DIM).contains(&self.embedding_dim) {
+            bail!(
+                "embedding_dim must be from 1 to {}, not {}",
+                crate::embed::MAX_DIM,
+                self.embedding_dim
+            );
         }
         for (i, rule) in self.rules.iter().enumerate() {
             rule.validate().with_context(|| format!("rule {i}"))?;
@@ -131,6 +144,8 @@ pub struct Rule {
     /// How streamed tool calls are cut into deltas.
     #[serde(default)]
     pub tool_deltas: ToolDeltas,
+    /// Embeddings answers leave out this many vectors at the end (a broken provider).
+    pub embeddings_short_by: Option<usize>,
 }
 
 /// How a streamed tool call is cut into deltas.

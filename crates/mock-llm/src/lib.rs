@@ -3,12 +3,14 @@
 //! It is a real HTTP server: clients talk to it exactly as to a hosted API. Rules in a
 //! [`MockConfig`] pick canned replies, tool calls, or faults (error statuses with
 //! `Retry-After`, hangs, cut streams, characters split across writes, slow chunks).
-//! Without a rule it answers plainly that it is a mock.
+//! Without a rule it answers plainly that it is a mock. `/v1/embeddings` answers with
+//! deterministic vectors ([`embedding`]) and the same rules' faults.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod answer;
 mod config;
+mod embed;
 mod plan;
 mod server;
 
@@ -22,6 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{MockConfig, MockToolCall, RetryAfter, Rule, ToolDeltas};
+pub use embed::{embed as embedding, DEFAULT_DIM as DEFAULT_EMBEDDING_DIM};
 use server::Shared;
 
 /// How long shutdown waits for open connections before cutting them.
@@ -76,7 +79,7 @@ impl MockLlm {
         format!("http://{addr}/v1")
     }
 
-    /// Every chat completions request body received so far, in arrival order.
+    /// Every request body received so far (chat completions and embeddings), in arrival order.
     pub fn requests(&self) -> Vec<Value> {
         self.shared
             .requests
@@ -85,14 +88,14 @@ impl MockLlm {
             .unwrap_or_default()
     }
 
-    /// The most chat completions requests that were open at the same time.
+    /// The most requests that were open at the same time.
     pub fn in_flight_max(&self) -> usize {
         self.shared
             .in_flight_max
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// The `Authorization` header of every chat completions request, in arrival order.
+    /// The `Authorization` header of every request, in arrival order.
     pub fn auth_headers(&self) -> Vec<Option<String>> {
         self.shared
             .auth
@@ -101,7 +104,7 @@ impl MockLlm {
             .unwrap_or_default()
     }
 
-    /// When each chat completions request arrived, counted from the server's start.
+    /// When each request arrived, counted from the server's start.
     pub fn arrivals(&self) -> Vec<Duration> {
         self.shared
             .arrivals
@@ -125,7 +128,7 @@ impl MockLlm {
         }
     }
 
-    /// Chat completions requests open right now (a stream counts until its body ends).
+    /// Requests open right now (a stream counts until its body ends).
     pub fn in_flight(&self) -> usize {
         self.shared
             .in_flight

@@ -57,6 +57,19 @@ impl Prompt {
         Ok(prompt)
     }
 
+    /// An embeddings request seen as a prompt, so rules match it the same way: its inputs,
+    /// joined by newlines, are both the last user message and the whole conversation.
+    pub fn for_embeddings(model: &str, inputs: &[String]) -> Prompt {
+        let text = inputs.join("\n");
+        Prompt {
+            model: model.to_string(),
+            all: text.to_lowercase(),
+            prompt_tokens: count_words(&text),
+            last_user: text,
+            ..Prompt::default()
+        }
+    }
+
     fn add(&mut self, message: &Value) -> Result<(), String> {
         let role = message
             .get("role")

@@ -1,4 +1,5 @@
-//! HTTP routes of the mock: chat completions (whole or streamed), model list, health.
+//! HTTP routes of the mock: chat completions (whole or streamed), embeddings, model list,
+//! health.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::answer::{frames, split_inside_char, whole, Answer, Frames};
 use crate::config::{MockConfig, Rule};
+use crate::embed::EmbedRequest;
 use crate::plan::{pick, Prompt};
 
 /// Pause between the two halves of a split character, so they leave in separate writes.
@@ -112,6 +114,7 @@ impl Drop for InFlight {
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
         .with_state(shared)
@@ -129,22 +132,10 @@ async fn chat_completions(
     body: Bytes,
 ) -> Response {
     let guard = InFlight::new(&shared);
-    let admitted = shared.admit(&headers);
-    let body: Value = match serde_json::from_slice(&body) {
+    let body = match admit(&shared, &headers, &body) {
         Ok(body) => body,
-        Err(e) => {
-            return finished(
-                guard,
-                error(400, &format!("body is not valid JSON: {e}"), None),
-            )
-        }
+        Err(response) => return finished(guard, response),
     };
-    if let Ok(mut requests) = shared.requests.lock() {
-        requests.push(body.clone());
-    }
-    if !admitted {
-        return finished(guard, error(401, "Incorrect API key provided", None));
-    }
     let prompt = match Prompt::parse(&body, &shared.config.model) {
         Ok(prompt) => prompt,
         Err(message) => return finished(guard, error(400, &message, None)),
@@ -155,12 +146,60 @@ async fn chat_completions(
     respond(guard, prompt, rule.unwrap_or_default(), request_no).await
 }
 
-fn finished(guard: InFlight, response: Response) -> Response {
-    guard.finish();
-    response
+/// Deterministic vectors (see `embed.rs`); rules match the inputs as if they were the
+/// last user message, so the same faults apply.
+async fn embeddings(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let guard = InFlight::new(&shared);
+    let body = match admit(&shared, &headers, &body) {
+        Ok(body) => body,
+        Err(response) => return finished(guard, response),
+    };
+    let config = &shared.config;
+    let request = match EmbedRequest::parse(&body, &config.model, config.embedding_dim) {
+        Ok(request) => request,
+        Err(message) => return finished(guard, error(400, &message, None)),
+    };
+    let prompt = Prompt::for_embeddings(&request.model, &request.inputs);
+    let request_no = shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
+    let rule = pick(config, &shared.used, &prompt)
+        .cloned()
+        .unwrap_or_default();
+    tracing::debug!(request_no, model = %request.model, inputs = request.inputs.len(),
+        "mock embeddings request");
+    if let Some(response) = fault(&guard, &rule).await {
+        return finished(guard, response);
+    }
+    let delay = rule
+        .delay_ms
+        .map_or(config.chunk_delay, Duration::from_millis);
+    tokio::time::sleep(delay).await;
+    let answer = request.answer(rule.embeddings_short_by.unwrap_or(0));
+    finished(guard, Json(answer).into_response())
 }
 
-async fn respond(guard: InFlight, mut prompt: Prompt, rule: Rule, request_no: u64) -> Response {
+/// Records the request (body, key, arrival) and reads its JSON; an unreadable body is a
+/// 400, a key not accepted a 401.
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+fn admit(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Value, Response> {
+    let admitted = shared.admit(headers);
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|e| error(400, &format!("body is not valid JSON: {e}"), None))?;
+    if let Ok(mut requests) = shared.requests.lock() {
+        requests.push(body.clone());
+    }
+    if !admitted {
+        return Err(error(401, "Incorrect API key provided", None));
+    }
+    Ok(body)
+}
+
+/// The rule's fault, if it has one: after its first-byte delay, an error status, or a hang
+/// until shutdown.
+async fn fault(guard: &InFlight, rule: &Rule) -> Option<Response> {
     if let Some(ms) = rule.first_byte_delay_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -170,11 +209,23 @@ async fn respond(guard: InFlight, mut prompt: Prompt, rule: Rule, request_no: u6
             .clone()
             .unwrap_or_else(|| format!("mock fault {status}"));
         let retry_after = rule.retry_after.as_ref().map(ToString::to_string);
-        return finished(guard, error(status, &message, retry_after.as_deref()));
+        return Some(error(status, &message, retry_after.as_deref()));
     }
     if rule.hang {
         guard.0.stopped().await;
-        return finished(guard, error(503, "the mock is shutting down", None));
+        return Some(error(503, "the mock is shutting down", None));
+    }
+    None
+}
+
+fn finished(guard: InFlight, response: Response) -> Response {
+    guard.finish();
+    response
+}
+
+async fn respond(guard: InFlight, mut prompt: Prompt, rule: Rule, request_no: u64) -> Response {
+    if let Some(response) = fault(&guard, &rule).await {
+        return finished(guard, response);
     }
     if let Some(model) = &rule.response_model {
         prompt.model.clone_from(model);
