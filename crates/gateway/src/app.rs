@@ -3,6 +3,7 @@
 use crate::agents::Agents;
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
+use crate::ledger::LedgerWriter;
 use crate::metrics::Metrics;
 use crate::routes::{admin, completions, conversations, datasets, documents, models, ops};
 use agentmesh_state::State;
@@ -32,6 +33,12 @@ pub struct Shared {
     /// Key id -> secret hash of keys this process has authenticated, so that rotate and
     /// revoke can drop the cached entry (stored keys do not expose their hash).
     key_hashes: Mutex<HashMap<String, String>>,
+    /// Key id -> when this replica last wrote its `last_used_at`.
+    touched: Mutex<HashMap<String, Instant>>,
+    /// Key id -> cost of its recent requests (moving average), reserved from its budget
+    /// when the next request is admitted.
+    costs: Mutex<HashMap<String, f64>>,
+    pub ledger: LedgerWriter,
     pub started_at: i64,
 }
 
@@ -52,6 +59,7 @@ impl AppState {
         config.validate()?;
         let agents = Agents::new(&config.agents, &config.pool)?;
         agentmesh_state::metrics::spawn_sampler(&state);
+        let ledger = LedgerWriter::start(state.db.clone(), state.hot.clone());
         Ok(Self(Arc::new(Shared {
             config,
             state,
@@ -59,6 +67,9 @@ impl AppState {
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
             key_hashes: Mutex::new(HashMap::new()),
+            touched: Mutex::new(HashMap::new()),
+            costs: Mutex::new(HashMap::new()),
+            ledger,
             started_at: chrono::Utc::now().timestamp(),
         })))
     }
@@ -76,6 +87,43 @@ impl AppState {
             if hashes.get(key_id).map(String::as_str) != Some(hash) {
                 hashes.insert(key_id.to_string(), hash.to_string());
             }
+        }
+    }
+
+    /// True when the key's use should be written now: at most once per `interval` per
+    /// replica, whatever the cached copy of the key says.
+    pub fn should_touch(&self, key_id: &str, interval: std::time::Duration) -> bool {
+        let Ok(mut touched) = self.touched.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        match touched.get(key_id) {
+            Some(at) if now.duration_since(*at) < interval => false,
+            _ => {
+                touched.insert(key_id.to_string(), now);
+                true
+            }
+        }
+    }
+
+    /// What a request of this key is expected to cost: the moving average of its recent
+    /// requests on this replica, else the configured default.
+    pub fn expected_cost(&self, key_id: &str) -> f64 {
+        self.costs
+            .lock()
+            .ok()
+            .and_then(|costs| costs.get(key_id).copied())
+            .unwrap_or(self.config.budget_reserve_usd)
+    }
+
+    /// Folds a finished request's cost into the key's expected cost.
+    pub fn observe_cost(&self, key_id: &str, cost: f64) {
+        if let Ok(mut costs) = self.costs.lock() {
+            let next = match costs.get(key_id) {
+                Some(average) => 0.8 * average + 0.2 * cost,
+                None => cost,
+            };
+            costs.insert(key_id.to_string(), next);
         }
     }
 

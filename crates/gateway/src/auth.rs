@@ -181,12 +181,15 @@ fn check_usable(key: &ApiKey) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Records the use in the background; a failure only costs a stale `last_used_at`.
+/// Records the use in the background, at most once per `TOUCH_INTERVAL` per replica
+/// (the cached key's `last_used_at` is as old as the cache entry, so it cannot tell);
+/// a failure only costs a stale `last_used_at`.
 fn touch(app: &AppState, key: &ApiKey) {
     let recent = key
         .last_used_at
         .is_some_and(|at| Utc::now() - at < TOUCH_INTERVAL);
-    if recent {
+    let interval = TOUCH_INTERVAL.to_std().unwrap_or(Duration::from_secs(60));
+    if recent || !app.should_touch(&key.id, interval) {
         return;
     }
     let db = app.state.db.clone();

@@ -43,6 +43,10 @@ pub struct GatewayConfig {
     /// says 503, for load balancers that only stop on a failed probe (0 when a preStop
     /// pause does this job).
     pub shutdown_delay: Duration,
+    /// Spend reserved from a key's budget when it is admitted before this replica has
+    /// seen what its requests cost (`AGENTMESH_BUDGET_RESERVE_USD`); afterwards the
+    /// moving average of its recent costs is reserved, and the difference settled.
+    pub budget_reserve_usd: f64,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +60,7 @@ impl Default for GatewayConfig {
             pool: PoolConfig::default(),
             drain: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
+            budget_reserve_usd: 0.001,
         }
     }
 }
@@ -71,6 +76,7 @@ impl fmt::Debug for GatewayConfig {
             .field("pool", &self.pool)
             .field("drain", &self.drain)
             .field("shutdown_delay", &self.shutdown_delay)
+            .field("budget_reserve_usd", &self.budget_reserve_usd)
             .finish()
     }
 }
@@ -114,6 +120,17 @@ impl GatewayConfig {
                 anyhow::anyhow!("AGENTMESH_SHUTDOWN_DELAY_MS must be a whole number, got {raw:?}")
             })?;
             config.shutdown_delay = Duration::from_millis(millis);
+        }
+        if let Some(raw) = value("AGENTMESH_BUDGET_RESERVE_USD") {
+            config.budget_reserve_usd = raw
+                .parse::<f64>()
+                .ok()
+                .filter(|usd| usd.is_finite() && *usd >= 0.0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "AGENTMESH_BUDGET_RESERVE_USD must be a non-negative amount, got {raw:?}"
+                    )
+                })?;
         }
         config.pool = PoolConfig::from_lookup(value).map_err(anyhow::Error::msg)?;
         config.validate()?;

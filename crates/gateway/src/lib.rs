@@ -12,6 +12,7 @@ mod chat;
 mod config;
 mod error;
 mod keys;
+mod ledger;
 mod limits;
 mod metrics;
 mod openapi;
@@ -30,10 +31,13 @@ pub fn router(config: GatewayConfig, state: State) -> anyhow::Result<axum::Route
     Ok(app::build(app))
 }
 
+/// Longest the exit waits for queued usage rows to be written.
+const LEDGER_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves until `shutdown` resolves; then `/ready` turns 503 at once, new connections
 /// stop (after `config.shutdown_delay`, 0 by default) and in-flight requests (streams
 /// included) run to their end, for at most `config.drain`; whatever still runs then is
-/// cut and the function returns.
+/// cut, the queued usage rows are written and the function returns.
 pub async fn serve(
     config: GatewayConfig,
     state: State,
@@ -43,6 +47,7 @@ pub async fn serve(
     let (drain, delay) = (config.drain, config.shutdown_delay);
     let app = app::AppState::new(config, state)?;
     let router = app::build(app.clone());
+    let app_for_flush = app.clone();
     let address = listener.local_addr()?;
     tracing::info!(%address, "gateway listening");
 
@@ -64,6 +69,9 @@ pub async fn serve(
     tokio::select! {
         served = server => served?,
         () = drain_over => tracing::warn!("drain period over, closing remaining requests"),
+    }
+    if !app_for_flush.ledger.flush(LEDGER_FLUSH).await {
+        tracing::warn!("usage ledger not fully written before exit");
     }
     tracing::info!("gateway stopped");
     Ok(())

@@ -2,31 +2,38 @@
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::ledger::Settled;
 use agentmesh_state::{ApiKey, RateDecision, RateLimits, UsageRecord};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use std::time::Instant;
 
-/// The outcome of admission: rate headers to add to the answer.
+/// The outcome of admission: rate headers to add to the answer, and the spend reserved
+/// from the key's budget (settled against the real cost when the request ends).
 #[derive(Debug, Default)]
 pub struct Admission {
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub reserved_usd: f64,
 }
 
-/// Checks the key's budget, then its per-minute limits (consuming one request and
-/// `estimated_tokens`). A hot-store failure lets the request through: limits are
+/// Reserves the key's expected cost from its budget, then checks its per-minute limits
+/// (consuming one request and `estimated_tokens`); a request refused by the limits gives
+/// its reservation back. A hot-store failure lets the request through: limits are
 /// loss-tolerant, availability is not.
 pub async fn admit(
     app: &AppState,
     key: &ApiKey,
     estimated_tokens: u64,
 ) -> Result<Admission, ApiError> {
-    check_budget(app, key).await?;
+    let reserved_usd = reserve_budget(app, key).await?;
     let limits = RateLimits {
         rpm: key.rpm_limit,
         tpm: key.tpm_limit,
     };
     if limits.rpm.is_none() && limits.tpm.is_none() {
-        return Ok(Admission::default());
+        return Ok(Admission {
+            headers: Vec::new(),
+            reserved_usd,
+        });
     }
     let decision = match app
         .state
@@ -37,13 +44,20 @@ pub async fn admit(
         Ok(decision) => decision,
         Err(error) => {
             tracing::warn!(key_id = %key.id, %error, "rate check failed, allowing");
-            return Ok(Admission::default());
+            return Ok(Admission {
+                headers: Vec::new(),
+                reserved_usd,
+            });
         }
     };
     let headers = rate_headers(&limits, &decision);
     if decision.allowed {
-        return Ok(Admission { headers });
+        return Ok(Admission {
+            headers,
+            reserved_usd,
+        });
     }
+    release(app, key, reserved_usd).await;
     let which = decision.limited_by.unwrap_or("requests");
     app.metrics.rate_limited(if which == "tokens" {
         "tokens"
@@ -69,37 +83,57 @@ pub async fn admit(
     Err(error)
 }
 
-async fn check_budget(app: &AppState, key: &ApiKey) -> Result<(), ApiError> {
+/// Takes the key's expected cost from its budget in one atomic step shared by every
+/// replica, so that concurrent requests cannot together spend past it. Returns what was
+/// reserved (0 for a key without a budget, or when the hot store failed and the check
+/// fell back to the spend recorded in the database).
+async fn reserve_budget(app: &AppState, key: &ApiKey) -> Result<f64, ApiError> {
     let Some(budget) = key.budget_usd else {
-        return Ok(());
+        return Ok(0.0);
     };
-    let spent = match app.state.hot.spend(&key.id).await {
-        Ok(Some(spent)) => spent.max(key.spent_usd),
-        Ok(None) => {
-            if let Err(error) = app.state.hot.seed_spend(&key.id, key.spent_usd).await {
-                tracing::debug!(key_id = %key.id, %error, "seed spend failed");
-            }
-            key.spent_usd
-        }
+    let expected = app.expected_cost(&key.id);
+    let (allowed, spent, reserved) = match app
+        .state
+        .hot
+        .reserve_spend(&key.id, expected, budget, key.spent_usd)
+        .await
+    {
+        Ok(decision) if decision.allowed => (true, decision.spent_usd - expected, expected),
+        Ok(decision) => (false, decision.spent_usd, 0.0),
         Err(error) => {
-            tracing::warn!(key_id = %key.id, %error, "spend lookup failed");
-            key.spent_usd
+            tracing::warn!(key_id = %key.id, %error, "budget reservation failed");
+            (key.spent_usd < budget, key.spent_usd, 0.0)
         }
     };
     app.metrics
         .budget_used(&key.id, spent / budget.max(f64::EPSILON));
-    if spent < budget {
-        return Ok(());
+    if allowed {
+        return Ok(reserved);
     }
     app.metrics.rate_limited("budget");
-    Err(ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
+    let message = if spent < budget {
+        format!(
+            "API key {} has spent ${spent:.4} of its ${budget:.4} budget; its requests \
+             cost about ${expected:.4}, more than what remains",
+            key.prefix
+        )
+    } else {
         format!(
             "API key {} has spent ${spent:.4} of its ${budget:.4} budget",
             key.prefix
-        ),
-    )
-    .with_code("budget_exceeded"))
+        )
+    };
+    Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).with_code("budget_exceeded"))
+}
+
+/// Gives back a reservation of a request that did not run.
+async fn release(app: &AppState, key: &ApiKey, reserved_usd: f64) {
+    if reserved_usd == 0.0 {
+        return;
+    }
+    if let Err(error) = app.state.hot.add_spend(&key.id, -reserved_usd).await {
+        tracing::warn!(key_id = %key.id, %error, "budget reservation not released");
+    }
 }
 
 /// `x-ratelimit-*` headers in the OpenAI format (`reset` as a duration like `12s`).
@@ -130,12 +164,13 @@ fn rate_headers(limits: &RateLimits, decision: &RateDecision) -> Vec<(HeaderName
     headers
 }
 
-/// Accounting of one agent request: written exactly once, when the answer is complete
-/// or, if the client goes away first, when this value is dropped (status 499).
+/// Accounting of one agent request: queued for the ledger exactly once, when the answer
+/// is complete or, if the client goes away first, when this value is dropped (499).
 pub struct Settlement {
     app: AppState,
     record: Option<UsageRecord>,
     estimated_tokens: u64,
+    reserved_usd: f64,
     started: Instant,
     limited: bool,
     budgeted: bool,
@@ -148,6 +183,7 @@ impl Settlement {
         key: &ApiKey,
         agent: &str,
         estimated: u64,
+        reserved_usd: f64,
     ) -> Self {
         let record = UsageRecord {
             request_id: request_id.to_string(),
@@ -165,6 +201,7 @@ impl Settlement {
             app: app.clone(),
             record: Some(record),
             estimated_tokens: estimated,
+            reserved_usd,
             started: Instant::now(),
             limited: key.tpm_limit.is_some(),
             budgeted: key.budget_usd.is_some(),
@@ -197,18 +234,22 @@ impl Settlement {
         };
         record.status = status;
         record.latency_ms = u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX);
-        let app = self.app.clone();
-        let correction = if self.limited {
+        let token_correction = self.limited.then(|| {
             let used = u64::from(record.prompt_tokens) + u64::from(record.completion_tokens);
-            Some(
-                i64::try_from(used).unwrap_or(i64::MAX)
-                    - i64::try_from(self.estimated_tokens).unwrap_or(i64::MAX),
-            )
-        } else {
-            None
-        };
-        let budgeted = self.budgeted;
-        tokio::spawn(async move { settle(app, record, correction, budgeted).await });
+            i64::try_from(used).unwrap_or(i64::MAX)
+                - i64::try_from(self.estimated_tokens).unwrap_or(i64::MAX)
+        });
+        let spend_correction = self
+            .budgeted
+            .then(|| record.cost_usd - self.reserved_usd);
+        if self.budgeted && status == 200 {
+            self.app.observe_cost(&record.key_id, record.cost_usd);
+        }
+        self.app.ledger.submit(Settled {
+            record,
+            token_correction,
+            spend_correction,
+        });
     }
 }
 
@@ -217,24 +258,6 @@ impl Drop for Settlement {
         if self.record.is_some() && tokio::runtime::Handle::try_current().is_ok() {
             self.write(499);
         }
-    }
-}
-
-async fn settle(app: AppState, record: UsageRecord, correction: Option<i64>, budgeted: bool) {
-    let hot = &app.state.hot;
-    if let Some(tokens) = correction.filter(|t| *t != 0) {
-        if let Err(error) = hot.add_tokens(&record.key_id, tokens).await {
-            tracing::debug!(key_id = %record.key_id, %error, "token correction failed");
-        }
-    }
-    if budgeted && record.cost_usd > 0.0 {
-        if let Err(error) = hot.add_spend(&record.key_id, record.cost_usd).await {
-            tracing::warn!(key_id = %record.key_id, %error, "spend update failed");
-        }
-    }
-    if let Err(error) = app.state.db.record_usage(&record).await {
-        app.metrics.usage_write_failed();
-        tracing::warn!(request_id = %record.request_id, %error, "usage not recorded");
     }
 }
 

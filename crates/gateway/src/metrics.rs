@@ -54,6 +54,11 @@ fn describe() {
     );
 }
 
+/// A usage row that could not be written yet (the ledger writer retries it).
+pub fn usage_write_failed() {
+    metrics::counter!(USAGE_WRITE_FAILURES).increment(1);
+}
+
 /// The gateway's recording side; the values live in the process registry.
 pub struct Metrics {
     /// Budget share per key id, so that the gauge reports the highest one.
@@ -101,10 +106,6 @@ impl Metrics {
     pub fn agent_error(&self, agent: &str, status: u16) {
         let labels = [("agent", agent.to_string()), ("status", status.to_string())];
         metrics::counter!(AGENT_ERRORS, &labels).increment(1);
-    }
-
-    pub fn usage_write_failed(&self) {
-        metrics::counter!(USAGE_WRITE_FAILURES).increment(1);
     }
 
     /// A 429; `reason` is one of `requests`, `tokens`, `budget`.

@@ -569,6 +569,38 @@ async fn exhausted_budget_answers_429() {
     assert_eq!(error["code"], "budget_exceeded");
 }
 
+/// Each answer of the fake agent costs $0.001, the default reservation. Concurrent
+/// requests reserve before they run, so a $0.005 budget admits exactly five of twenty,
+/// and once they are settled the key stays refused.
+#[tokio::test]
+async fn concurrent_requests_cannot_spend_past_the_budget() {
+    let gw = start().await;
+    let (_, key) = gw
+        .create_key(json!({"name": "thrifty", "budget_usd": 0.005}))
+        .await;
+    let calls = (0..20).map(|_| gw.post("/v1/chat/completions", &key, chat_body("chat", "hi")));
+    let statuses: Vec<u16> = futures::future::join_all(calls)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((ok, refused), (5, 15), "{statuses:?}");
+
+    let error = error_of(
+        gw.post("/v1/chat/completions", &key, chat_body("chat", "hi"))
+            .await,
+        429,
+    )
+    .await;
+    assert_eq!(error["code"], "budget_exceeded");
+    assert!(
+        error["message"].as_str().unwrap().contains("$0.0050 of its $0.0050"),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn usage_is_recorded_per_request() {
     let gw = start().await;

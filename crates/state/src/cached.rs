@@ -157,6 +157,10 @@ impl Database for CachedDatabase {
         self.inner.record_usage(usage).await
     }
 
+    async fn record_usage_batch(&self, batch: &[UsageRecord]) -> Result<()> {
+        self.inner.record_usage_batch(batch).await
+    }
+
     async fn usage_summary(&self, key_id: Option<&str>) -> Result<Vec<UsageSummary>> {
         self.inner.usage_summary(key_id).await
     }

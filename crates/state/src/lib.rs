@@ -102,6 +102,14 @@ pub trait Database: Send + Sync + 'static {
     async fn usage_summary(&self, key_id: Option<&str>) -> Result<Vec<UsageSummary>>;
     /// Usage per key and UTC day for the days `from..until` (`until` excluded),
     /// optionally of one key. Backends answer from the ledger's indexes; this
+    /// Records several requests at once: all or none (one transaction where the backend
+    /// has them), each still at most once per request id.
+    async fn record_usage_batch(&self, batch: &[UsageRecord]) -> Result<()> {
+        for usage in batch {
+            self.record_usage(usage).await?;
+        }
+        Ok(())
+    }
     /// default filters the full summary.
     async fn usage_between(
         &self,

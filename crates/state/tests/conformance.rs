@@ -152,6 +152,7 @@ conformance!(
     datasets_guards,
     northwind_revenue,
     usage_ledger,
+    usage_ledger_batch,
     idempotency,
     rate_limit_requests,
     rate_limit_tokens,
@@ -875,6 +876,29 @@ async fn key_cache_invalidate_by_id(state: &State) {
         .create_key(new_key("k2", "am-secret-two", &["chat"]))
         .await
         .unwrap();
+/// A batch is one all-or-nothing write that still skips request ids already recorded,
+/// so a batch retried after a lost commit acknowledgement counts nothing twice.
+async fn usage_ledger_batch(state: &State) {
+    let db = &state.db;
+    db.create_key(new_key("k1", "am-secret-one", &[]))
+        .await
+        .unwrap();
+    db.record_usage(&usage("r1", "k1", 0.25)).await.unwrap();
+    let batch = [
+        usage("r1", "k1", 0.25),
+        usage("r2", "k1", 0.5),
+        usage("r3", "k1", 1.0),
+    ];
+    db.record_usage_batch(&batch).await.unwrap();
+    db.record_usage_batch(&batch).await.unwrap();
+    db.record_usage_batch(&[]).await.unwrap();
+
+    let mine = db.usage_summary(Some("k1")).await.unwrap();
+    assert_eq!(mine[0].requests, 3);
+    let spent = db.get_key("k1").await.unwrap().unwrap().spent_usd;
+    assert!((spent - 1.75).abs() < 1e-9, "{spent}");
+}
+
     let (old, new, two) = (
         hash_secret("am-secret-one"),
         hash_secret("am-secret-new"),

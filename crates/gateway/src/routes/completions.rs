@@ -77,9 +77,11 @@ async fn run(
 
     let admission = limits::admit(&app, &caller.key, call.estimated_tokens).await?;
     let mut response = if call.stream {
-        stream(&app, &caller, call).await?
+        stream(&app, &caller, call, admission.reserved_usd).await?
     } else {
-        let body = complete(&app, &caller, call).await?.to_string();
+        let body = complete(&app, &caller, call, admission.reserved_usd)
+            .await?
+            .to_string();
         if let Some(claim) = claim.take() {
             claim.complete(&body).await;
         }
@@ -181,6 +183,7 @@ async fn complete(
     app: &AppState,
     caller: &Caller,
     call: ChatCall,
+    reserved_usd: f64,
 ) -> Result<serde_json::Value, ApiError> {
     let agent = call.agent.as_str();
     let deadline = Instant::now() + caller.timeout;
@@ -191,6 +194,7 @@ async fn complete(
         &caller.key,
         agent,
         call.estimated_tokens,
+        reserved_usd,
     );
 
     let collected = crate::metrics::agent_time(collect_answer(
@@ -255,7 +259,12 @@ async fn collect_answer(
     }
 }
 
-async fn stream(app: &AppState, caller: &Caller, call: ChatCall) -> Result<Response, ApiError> {
+async fn stream(
+    app: &AppState,
+    caller: &Caller,
+    call: ChatCall,
+    reserved_usd: f64,
+) -> Result<Response, ApiError> {
     let agent = call.agent.as_str();
     let deadline = Instant::now() + caller.timeout;
     let settlement = Settlement::new(
@@ -264,6 +273,7 @@ async fn stream(app: &AppState, caller: &Caller, call: ChatCall) -> Result<Respo
         &caller.key,
         agent,
         call.estimated_tokens,
+        reserved_usd,
     );
     let opening = async { open(caller, &call, deadline, take_slot(app, call.agent)?).await };
     let opened = match crate::metrics::agent_time(opening).await {

@@ -344,7 +344,11 @@ impl Database for PgDatabase {
     }
 
     async fn record_usage(&self, usage: &UsageRecord) -> Result<()> {
-        self.insert_usage(usage).await
+        self.insert_usage(std::slice::from_ref(usage)).await
+    }
+
+    async fn record_usage_batch(&self, batch: &[UsageRecord]) -> Result<()> {
+        self.insert_usage(batch).await
     }
 
     async fn usage_summary(&self, key_id: Option<&str>) -> Result<Vec<UsageSummary>> {

@@ -9,40 +9,44 @@ use sqlx::types::Json;
 use sqlx::Row;
 
 impl SqliteDatabase {
-    /// Inserts the ledger row and, only when it is new, adds its cost to the key's spend.
-    pub(super) async fn insert_usage(&self, u: &UsageRecord) -> Result<()> {
+    /// Inserts the ledger rows in one transaction (one commit for the whole batch) and,
+    /// for each row that is new, adds its cost to the key's spend. A row whose request id
+    /// is already recorded is skipped, so a retried batch is never counted twice.
+    pub(super) async fn insert_usage(&self, batch: &[UsageRecord]) -> Result<()> {
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(map(BACKEND))?;
-        let inserted = sqlx::query(
-            "INSERT INTO usage (request_id, key_id, agent, model, prompt_tokens, \
-             completion_tokens, cost_usd, latency_ms, status, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
-        )
-        .bind(&u.request_id)
-        .bind(&u.key_id)
-        .bind(&u.agent)
-        .bind(&u.model)
-        .bind(i64::from(u.prompt_tokens))
-        .bind(i64::from(u.completion_tokens))
-        .bind(u.cost_usd)
-        .bind(i64::from(u.latency_ms))
-        .bind(i64::from(u.status))
-        .bind(ts(u.created_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(map(BACKEND))?
-        .rows_affected()
-            > 0;
-        if inserted && u.cost_usd != 0.0 {
-            sqlx::query("UPDATE api_keys SET spent_usd = spent_usd + ?2 WHERE id = ?1")
-                .bind(&u.key_id)
-                .bind(u.cost_usd)
-                .execute(&mut *tx)
-                .await
-                .map_err(map(BACKEND))?;
+        for u in batch {
+            let inserted = sqlx::query(
+                "INSERT INTO usage (request_id, key_id, agent, model, prompt_tokens, \
+                 completion_tokens, cost_usd, latency_ms, status, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
+            )
+            .bind(&u.request_id)
+            .bind(&u.key_id)
+            .bind(&u.agent)
+            .bind(&u.model)
+            .bind(i64::from(u.prompt_tokens))
+            .bind(i64::from(u.completion_tokens))
+            .bind(u.cost_usd)
+            .bind(i64::from(u.latency_ms))
+            .bind(i64::from(u.status))
+            .bind(ts(u.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(map(BACKEND))?
+            .rows_affected()
+                > 0;
+            if inserted && u.cost_usd != 0.0 {
+                sqlx::query("UPDATE api_keys SET spent_usd = spent_usd + ?2 WHERE id = ?1")
+                    .bind(&u.key_id)
+                    .bind(u.cost_usd)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map(BACKEND))?;
+            }
         }
         tx.commit().await.map_err(map(BACKEND))
     }
