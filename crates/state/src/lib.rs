@@ -9,6 +9,7 @@
 //!   database, so `db.load_conversation` reads through it.
 
 mod cached;
+mod deferred;
 mod error;
 mod fts;
 mod hot;
@@ -18,6 +19,7 @@ mod pg;
 mod sqlerr;
 mod sqlite;
 pub mod testing;
+mod timed;
 mod values;
 
 pub use cached::CONVERSATION_CACHE_TTL;
@@ -26,6 +28,7 @@ pub use hot::memory::MemoryHot;
 pub use hot::redis::{RedisHot, DEFAULT_REDIS_TIMEOUT};
 pub use hot::KEY_HOLD;
 pub use model::*;
+pub use timed::CALL_TIMEOUTS;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -99,9 +102,6 @@ pub trait Database: Send + Sync + 'static {
 
     // Usage ledger: one row per request id (a second insert is ignored).
     async fn record_usage(&self, usage: &UsageRecord) -> Result<()>;
-    async fn usage_summary(&self, key_id: Option<&str>) -> Result<Vec<UsageSummary>>;
-    /// Usage per key and UTC day for the days `from..until` (`until` excluded),
-    /// optionally of one key. Backends answer from the ledger's indexes; this
     /// Records several requests at once: all or none (one transaction where the backend
     /// has them), each still at most once per request id.
     async fn record_usage_batch(&self, batch: &[UsageRecord]) -> Result<()> {
@@ -110,6 +110,9 @@ pub trait Database: Send + Sync + 'static {
         }
         Ok(())
     }
+    async fn usage_summary(&self, key_id: Option<&str>) -> Result<Vec<UsageSummary>>;
+    /// Usage per key and UTC day for the days `from..until` (`until` excluded),
+    /// optionally of one key. Backends answer from the ledger's indexes; this
     /// default filters the full summary.
     async fn usage_between(
         &self,
@@ -258,15 +261,40 @@ impl State {
         pool: &PoolSettings,
     ) -> Result<State> {
         let db = open_database(&cfg.database_url, pool).await?;
-        let hot: Arc<dyn Hot> = match &cfg.redis_url {
-            Some(redis_url) => Arc::new(RedisHot::connect(
-                redis_url,
-                &cfg.redis_prefix,
-                redis_timeout,
-            )?),
-            None => Arc::new(MemoryHot::new()),
+        Ok(Self::assemble(db, open_hot(cfg, redis_timeout)?))
+    }
+
+    /// [`State::connect`], except that a database that cannot be reached
+    /// does not fail the start: the state serves degraded (every database
+    /// call answers [`StateError::Unavailable`], the hot store and its key
+    /// cache work) while connecting and migrating are retried in the
+    /// background, and becomes whole once the database answers. Any other
+    /// failure (bad URL, failed migration) is still returned.
+    pub async fn start(cfg: &StateConfig) -> Result<State> {
+        Self::start_tuned(cfg, DEFAULT_REDIS_TIMEOUT, &PoolSettings::from_env()?).await
+    }
+
+    /// [`State::start`] with a chosen Redis bound and Postgres pool.
+    pub async fn start_tuned(
+        cfg: &StateConfig,
+        redis_timeout: Duration,
+        pool: &PoolSettings,
+    ) -> Result<State> {
+        let db = match open_database(&cfg.database_url, pool).await {
+            Ok(db) => db,
+            Err(StateError::Unavailable { backend, message }) => {
+                tracing::warn!(
+                    database = backend,
+                    error = %message,
+                    "database unreachable at start, serving degraded and retrying"
+                );
+                let deferred =
+                    deferred::DeferredDatabase::spawn(&cfg.database_url, backend, pool, message);
+                Arc::new(deferred)
+            }
+            Err(other) => return Err(other),
         };
-        Ok(Self::assemble(db, hot))
+        Ok(Self::assemble(db, open_hot(cfg, redis_timeout)?))
     }
 
     /// Opens the database of `cfg` and uses `hot` for counters and caches
@@ -288,10 +316,31 @@ impl State {
     }
 }
 
-/// The backend named by the URL's scheme, migrated.
-async fn open_database(url: &str, pool: &PoolSettings) -> Result<Arc<dyn Database>> {
+/// Redis when `cfg.redis_url` is set, else process memory.
+fn open_hot(cfg: &StateConfig, redis_timeout: Duration) -> Result<Arc<dyn Hot>> {
+    Ok(match &cfg.redis_url {
+        Some(redis_url) => Arc::new(RedisHot::connect(
+            redis_url,
+            &cfg.redis_prefix,
+            redis_timeout,
+        )?),
+        None => Arc::new(MemoryHot::new()),
+    })
+}
+
+/// The backend named by the URL's scheme, migrated. Postgres calls are each
+/// bounded by the pool's call timeouts, connecting and migrating together by
+/// the acquire timeout plus the long one.
+pub(crate) async fn open_database(url: &str, pool: &PoolSettings) -> Result<Arc<dyn Database>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(pg::PgDatabase::connect(url, pool).await?))
+        let limit = pool.acquire_timeout.saturating_add(pool.long_call_timeout);
+        let connect = pg::PgDatabase::connect(url, pool);
+        let pg = timed::bounded("postgres", limit, "connect and migrate", connect).await?;
+        let timeouts = timed::CallTimeouts {
+            normal: pool.call_timeout,
+            long: pool.long_call_timeout,
+        };
+        Ok(Arc::new(timed::TimedDatabase::new(Arc::new(pg), timeouts)))
     } else if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteDatabase::connect(url).await?))
     } else {
@@ -341,6 +390,13 @@ pub struct PoolSettings {
     /// Connections are replaced after this long, so that a failover or a
     /// load balancer's change reaches every connection.
     pub max_lifetime: Duration,
+    /// Bound on each ordinary call (key lookup, conversation, ledger row),
+    /// connection wait included: a database that accepts connections but
+    /// does not answer gives [`StateError::Unavailable`] after this long.
+    pub call_timeout: Duration,
+    /// Bound on ingestion (documents, datasets), whole-ledger reports and
+    /// migrations at start.
+    pub long_call_timeout: Duration,
 }
 
 impl Default for PoolSettings {
@@ -350,13 +406,16 @@ impl Default for PoolSettings {
             acquire_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(300),
             max_lifetime: Duration::from_secs(1800),
+            call_timeout: Duration::from_secs(5),
+            long_call_timeout: Duration::from_secs(120),
         }
     }
 }
 
 impl PoolSettings {
-    /// Defaults, overridden by `AGENTMESH_DATABASE_MAX_CONNECTIONS` and
-    /// `AGENTMESH_DATABASE_ACQUIRE_TIMEOUT_MS` when set.
+    /// Defaults, overridden by `AGENTMESH_DATABASE_MAX_CONNECTIONS`,
+    /// `AGENTMESH_DATABASE_ACQUIRE_TIMEOUT_MS`, `AGENTMESH_DATABASE_CALL_TIMEOUT_MS`
+    /// and `AGENTMESH_DATABASE_LONG_CALL_TIMEOUT_MS` when set.
     pub fn from_env() -> Result<Self> {
         let mut settings = Self::default();
         if let Some(n) = env_number("AGENTMESH_DATABASE_MAX_CONNECTIONS")? {
@@ -370,6 +429,12 @@ impl PoolSettings {
         }
         if let Some(ms) = env_number("AGENTMESH_DATABASE_ACQUIRE_TIMEOUT_MS")? {
             settings.acquire_timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(ms) = env_number("AGENTMESH_DATABASE_CALL_TIMEOUT_MS")? {
+            settings.call_timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(ms) = env_number("AGENTMESH_DATABASE_LONG_CALL_TIMEOUT_MS")? {
+            settings.long_call_timeout = Duration::from_millis(ms.max(1));
         }
         Ok(settings)
     }

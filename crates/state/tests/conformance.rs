@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 mod failures;
 #[path = "conformance/ledger_scale.rs"]
 mod ledger_scale;
-#[path = "conformance/proxy.rs"]
-mod proxy;
 
 /// A connected state plus what must be cleaned up after the test.
 struct Env {

@@ -2,8 +2,8 @@
 //! comes back: each test puts a [`Proxy`] between the code and the server.
 
 use super::new_key;
-use super::proxy::Proxy;
 use agentmesh_state::testing;
+use agentmesh_state::testing::proxy::Proxy;
 use agentmesh_state::{
     hash_secret, CachedConversation, Conversation, Hot, PoolSettings, RateLimits, RedisHot, State,
     StateConfig, StateError, DEFAULT_REDIS_TIMEOUT,
@@ -57,9 +57,7 @@ fn captured_logs() -> Captured {
 }
 
 fn redis_target() -> String {
-    testing::redis_url()
-        .trim_start_matches("redis://")
-        .to_owned()
+    testing::redis_target()
 }
 
 /// A frozen Redis (connections accepted, nothing answered): every call
@@ -176,10 +174,7 @@ async fn redis_outage_means_per_replica_limits_until_it_returns() {
 }
 
 fn through(proxy: &Proxy, db_url: &str) -> String {
-    let mut url = url::Url::parse(db_url).unwrap();
-    url.set_port(Some(proxy.addr.port())).unwrap();
-    url.set_host(Some("127.0.0.1")).unwrap();
-    url.to_string()
+    proxy.url_through(db_url)
 }
 
 fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, StateError>) -> bool {
@@ -192,7 +187,7 @@ fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, StateError>) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_fails_fast_and_recovers() {
     let db = testing::fresh_postgres().await;
-    let mut proxy = Proxy::start("127.0.0.1:5432");
+    let mut proxy = Proxy::start(&testing::postgres_target());
     let cfg = StateConfig {
         database_url: through(&proxy, db.url()),
         redis_url: None,
@@ -243,6 +238,195 @@ async fn postgres_outage_fails_fast_and_recovers() {
     let found = state.db.find_key_by_hash(&hash).await.unwrap();
     assert_eq!(found.map(|k| k.id), Some(key.id));
     drop(state);
+    db.cleanup().await;
+}
+
+/// A Postgres that accepts connections and reads queries but never answers
+/// (a paused server, a half-open link): every call, those holding a
+/// connection and those queued for one, fails with `Unavailable` within its
+/// bound, and calls succeed again once it answers, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_postgres_fails_fast_and_recovers() {
+    let db = testing::fresh_postgres().await;
+    let proxy = Proxy::start(&testing::postgres_target());
+    let cfg = StateConfig {
+        database_url: proxy.url_through(db.url()),
+        redis_url: None,
+        redis_prefix: testing::fresh_redis_prefix(),
+    };
+    let pool = PoolSettings {
+        max_connections: 2,
+        acquire_timeout: Duration::from_millis(500),
+        call_timeout: Duration::from_millis(800),
+        ..PoolSettings::default()
+    };
+    let state = State::connect_tuned(&cfg, DEFAULT_REDIS_TIMEOUT, &pool)
+        .await
+        .unwrap();
+    state
+        .db
+        .create_key(new_key("k1", "am-secret-frozen", &[]))
+        .await
+        .unwrap();
+
+    proxy.freeze();
+    let started = Instant::now();
+    let calls = (0..10).map(|i| {
+        let db = state.db.clone();
+        async move {
+            match i % 3 {
+                0 => db.get_key("k1").await.map(|_| ()),
+                1 => db.find_key_by_hash(&hash_secret("x")).await.map(|_| ()),
+                _ => db.ping().await,
+            }
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let elapsed = started.elapsed();
+    for result in &results {
+        assert!(is_unavailable(result), "{result:?}");
+    }
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "frozen calls took {elapsed:?}"
+    );
+
+    proxy.thaw();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match state.db.get_key("k1").await {
+            Ok(Some(key)) => {
+                assert_eq!(key.id, "k1");
+                break;
+            }
+            other => assert!(Instant::now() < deadline, "never recovered: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(state);
+    db.cleanup().await;
+}
+
+/// A statement the server accepts but does not answer (here: waiting on a
+/// lock another session holds) is cut by the per-call timeout, even though
+/// its connection was acquired without trouble; the next call succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_statement_is_cut_by_call_timeout() {
+    use sqlx::{Connection, Executor};
+    let db = testing::fresh_postgres().await;
+    let cfg = StateConfig {
+        redis_url: None,
+        ..db.state_config()
+    };
+    let pool = PoolSettings {
+        call_timeout: Duration::from_millis(700),
+        ..PoolSettings::default()
+    };
+    let state = State::connect_tuned(&cfg, DEFAULT_REDIS_TIMEOUT, &pool)
+        .await
+        .unwrap();
+    state
+        .db
+        .create_key(new_key("k1", "am-secret-locked", &[]))
+        .await
+        .unwrap();
+
+    let mut blocker = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    blocker.execute("BEGIN").await.unwrap();
+    blocker
+        .execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let blocked = state.db.get_key("k1").await;
+    let elapsed = started.elapsed();
+    assert!(is_unavailable(&blocked), "{blocked:?}");
+    assert!(blocked
+        .unwrap_err()
+        .to_string()
+        .contains("no answer within"));
+    assert!(
+        elapsed >= Duration::from_millis(700) && elapsed < Duration::from_secs(2),
+        "{elapsed:?}"
+    );
+
+    blocker.execute("ROLLBACK").await.unwrap();
+    let found = state.db.get_key("k1").await.unwrap();
+    assert_eq!(found.map(|k| k.id).as_deref(), Some("k1"));
+    blocker.close().await.unwrap();
+    drop(state);
+    db.cleanup().await;
+}
+
+/// A replica started while Postgres is down starts anyway: database calls
+/// answer `Unavailable` at once, the shared key cache still answers, and the
+/// database is connected and migrated in the background once it is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_with_postgres_down_connects_later() {
+    let db = testing::fresh_postgres().await;
+    let mut proxy = Proxy::closed(&testing::postgres_target());
+    let cfg = StateConfig {
+        database_url: proxy.url_through(db.url()),
+        ..db.state_config()
+    };
+    let pool = PoolSettings {
+        acquire_timeout: Duration::from_millis(500),
+        ..PoolSettings::default()
+    };
+    let strict = State::connect_tuned(&cfg, DEFAULT_REDIS_TIMEOUT, &pool).await;
+    assert!(is_unavailable(&strict.map(|_| ())));
+
+    let started = Instant::now();
+    let state = State::start_tuned(&cfg, DEFAULT_REDIS_TIMEOUT, &pool)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let down = state.db.ping().await;
+    assert!(is_unavailable(&down), "{down:?}");
+    assert!(down
+        .unwrap_err()
+        .to_string()
+        .starts_with("postgres unavailable"));
+    let key = agentmesh_state::ApiKey {
+        id: "cached".into(),
+        name: "cached".into(),
+        prefix: "am-cached".into(),
+        scopes: vec![],
+        rpm_limit: None,
+        tpm_limit: None,
+        budget_usd: None,
+        spent_usd: 0.0,
+        expires_at: None,
+        revoked_at: None,
+        created_at: chrono::Utc::now(),
+        last_used_at: None,
+    };
+    let hash = hash_secret("am-cached-secret");
+    state
+        .hot
+        .cache_key(&hash, &key, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(state.hot.cached_key(&hash).await.unwrap(), Some(key));
+
+    proxy.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state.db.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "postgres never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let created = state
+        .db
+        .create_key(new_key("k1", "am-secret-late", &[]))
+        .await
+        .unwrap();
+    assert_eq!(created.id, "k1", "migrations ran in the background");
+    drop(state);
+    testing::cleanup_redis(&cfg.redis_prefix).await;
     db.cleanup().await;
 }
 

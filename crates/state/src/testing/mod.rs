@@ -2,6 +2,8 @@
 //! a fresh Redis key prefix per test, against the servers named by
 //! `AGENTMESH_TEST_DATABASE_URL` and `AGENTMESH_TEST_REDIS_URL`.
 
+pub mod proxy;
+
 use crate::{Result, StateConfig, StateError};
 use sqlx::{Connection, Executor, PgConnection};
 
@@ -16,6 +18,27 @@ pub fn database_url() -> String {
 /// The Redis server tests use.
 pub fn redis_url() -> String {
     std::env::var("AGENTMESH_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.into())
+}
+
+/// `host:port` of the test Postgres server, for a [`proxy::Proxy`] in front of it.
+pub fn postgres_target() -> String {
+    host_port(&database_url(), 5432)
+}
+
+/// `host:port` of the test Redis server.
+pub fn redis_target() -> String {
+    host_port(&redis_url(), 6379)
+}
+
+fn host_port(raw: &str, default_port: u16) -> String {
+    match url::Url::parse(raw) {
+        Ok(url) => format!(
+            "{}:{}",
+            url.host_str().unwrap_or("127.0.0.1"),
+            url.port().unwrap_or(default_port)
+        ),
+        Err(_) => format!("127.0.0.1:{default_port}"),
+    }
 }
 
 /// A Redis key prefix no other test uses.

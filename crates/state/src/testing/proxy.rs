@@ -1,5 +1,7 @@
 //! A TCP proxy a test can stop, restart or freeze, to take a server away
 //! from the code under test without touching the shared server itself.
+//! Test support: it panics when the loopback interface cannot be used.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,14 +27,29 @@ pub fn free_addr() -> SocketAddr {
 
 impl Proxy {
     pub fn start(target: &str) -> Proxy {
-        let mut proxy = Proxy {
+        let mut proxy = Proxy::closed(target);
+        proxy.restart();
+        proxy
+    }
+
+    /// A proxy whose address refuses connections until [`Proxy::restart`]:
+    /// the server is down from the start.
+    pub fn closed(target: &str) -> Proxy {
+        Proxy {
             addr: free_addr(),
             target: target.to_owned(),
             frozen: watch::channel(false).0,
             task: None,
-        };
-        proxy.restart();
-        proxy
+        }
+    }
+
+    /// `url` (a `postgres://` or `redis://` URL) with its host and port
+    /// replaced by this proxy's.
+    pub fn url_through(&self, url: &str) -> String {
+        let mut url = url::Url::parse(url).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(self.addr.port())).unwrap();
+        url.to_string()
     }
 
     /// Closes the listener and every forwarded connection: the server is gone.
