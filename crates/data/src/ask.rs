@@ -192,8 +192,9 @@ fn sql_prompt(backend: &str, schema: &str) -> String {
     };
     format!(
         "You write one read-only {dialect} SQL query (SELECT or WITH) that answers the \
-         user's question over these tables. Use only these tables and columns. Reply with \
-         the query in a ```sql block and nothing else.\n\n{schema}"
+         user's question over these tables. Use only these tables and columns; compare \
+         date columns with 'YYYY-MM-DD' literals. Reply with the query in a ```sql block \
+         and nothing else.\n\n{schema}"
     )
 }
 

@@ -153,24 +153,59 @@ fn typed_table(name: &str, names: Vec<String>, mut rows: Vec<Vec<Option<String>>
     }
 }
 
-/// Integer when every value is one, else real, else text; a column of NULLs is text.
+/// The narrowest type that holds every value: integer, then decimal (plain digits with
+/// a point), then real (a number written with an exponent); date when every value is
+/// `YYYY-MM-DD`; text for anything else, mixes of dates and numbers, and columns of NULLs.
 pub fn infer<'a>(values: impl Iterator<Item = &'a str>) -> ColumnType {
     let mut kind = None;
     for value in values {
-        let value = value.trim();
-        let this = if is_integer(value) {
-            ColumnType::Integer
-        } else if is_real(value) {
-            ColumnType::Real
-        } else {
+        let Some(this) = kind_of(value.trim()) else {
             return ColumnType::Text;
         };
-        kind = Some(match (kind, this) {
-            (Some(ColumnType::Real), _) | (_, ColumnType::Real) => ColumnType::Real,
-            _ => ColumnType::Integer,
-        });
+        kind = match widen(kind, this) {
+            Some(k) => Some(k),
+            None => return ColumnType::Text,
+        };
     }
     kind.unwrap_or(ColumnType::Text)
+}
+
+/// The type one value asks for; None is text.
+fn kind_of(value: &str) -> Option<ColumnType> {
+    if has_leading_zero(value) {
+        None
+    } else if is_integer(value) {
+        Some(ColumnType::Integer)
+    } else if is_decimal(value) {
+        Some(ColumnType::Decimal)
+    } else if is_real(value) {
+        Some(ColumnType::Real)
+    } else if is_date(value) {
+        Some(ColumnType::Date)
+    } else {
+        None
+    }
+}
+
+/// The type holding both; None when only text does.
+fn widen(known: Option<ColumnType>, next: ColumnType) -> Option<ColumnType> {
+    use ColumnType::{Date, Decimal, Integer, Real};
+    let rank = |k| match k {
+        Integer => Some(0),
+        Decimal => Some(1),
+        Real => Some(2),
+        _ => None,
+    };
+    let Some(known) = known else {
+        return Some(next);
+    };
+    match (known, next) {
+        (Date, Date) => Some(Date),
+        (a, b) => match (rank(a), rank(b)) {
+            (Some(x), Some(y)) => Some(if x >= y { a } else { b }),
+            _ => None,
+        },
+    }
 }
 
 /// Numbers with leading zeros (codes, zip codes) stay text so no digit is lost.
@@ -180,14 +215,35 @@ fn has_leading_zero(v: &str) -> bool {
 }
 
 fn is_integer(v: &str) -> bool {
-    v.parse::<i64>().is_ok() && !has_leading_zero(v)
+    v.parse::<i64>().is_ok()
 }
 
+/// `[+-]digits.digits` (one side may be empty): money and measures; kept exact.
+fn is_decimal(v: &str) -> bool {
+    let body = v.strip_prefix(['-', '+']).unwrap_or(v);
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    !(int.is_empty() && frac.is_empty()) && digits(int) && digits(frac)
+}
+
+/// A number written with an exponent (`6.02e23`).
 fn is_real(v: &str) -> bool {
     let plain = v
         .bytes()
         .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
-    plain && v.parse::<f64>().is_ok_and(f64::is_finite) && !has_leading_zero(v)
+    plain && v.contains(['e', 'E']) && v.parse::<f64>().is_ok_and(f64::is_finite)
+}
+
+/// Exactly `YYYY-MM-DD`, and a day that exists.
+fn is_date(v: &str) -> bool {
+    let b = v.as_bytes();
+    let shape = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    shape && chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d").is_ok()
 }
 
 #[cfg(test)]
@@ -195,7 +251,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn infers_integer_real_and_text_with_nulls() {
+    fn infers_integer_decimal_and_text_with_nulls() {
         let csv = b"Order ID,Unit Price,Name,Notes\n1,14,Tofu,\n2,9.8,Chai,\"a, b\"\n";
         let table = parse_csv("orders", csv).unwrap();
         let cols: Vec<_> = table
@@ -207,7 +263,7 @@ mod tests {
             cols,
             [
                 ("order_id", ColumnType::Integer),
-                ("unit_price", ColumnType::Real),
+                ("unit_price", ColumnType::Decimal),
                 ("name", ColumnType::Text),
                 ("notes", ColumnType::Text),
             ]
@@ -268,8 +324,42 @@ mod tests {
     #[test]
     fn leading_zero_codes_stay_text() {
         assert_eq!(infer(["00501", "12345"].into_iter()), ColumnType::Text);
-        assert_eq!(infer(["0", "0.5", "-3"].into_iter()), ColumnType::Real);
+        assert_eq!(infer(["0", "0.5", "-3"].into_iter()), ColumnType::Decimal);
         assert_eq!(infer(["nan"].into_iter()), ColumnType::Text);
         assert_eq!(infer(std::iter::empty()), ColumnType::Text);
+    }
+
+    #[test]
+    fn infers_decimal_real_and_date() {
+        use ColumnType::*;
+        let cases: [(&[&str], ColumnType); 12] = [
+            (&["1", "-2", "+3"], Integer),
+            (&["14", "9.80", "-0.5"], Decimal),
+            (&["1.5", "2e3"], Real),
+            (&["1e-3", "7"], Real),
+            (&["1996-07-04", " 1998-05-06 "], Date),
+            (&["1996-07-04", "n/a"], Text),
+            (&["1996-07-04", "12"], Text),
+            (&["1996-02-30"], Text),
+            (&["1996-7-4"], Text),
+            (&["19960704"], Integer),
+            (&["1.", ".5"], Decimal),
+            (&["12.5", "0012.5"], Text),
+        ];
+        for (values, want) in cases {
+            assert_eq!(infer(values.iter().copied()), want, "{values:?}");
+        }
+    }
+
+    #[test]
+    fn money_and_dates_from_csv_with_empty_values() {
+        let csv = b"id,paid,on\n1,19.99,1997-01-02\n2,,\n3,5,1996-12-31\n";
+        let table = parse_csv("payments", csv).unwrap();
+        let kinds: Vec<_> = table.columns.iter().map(|c| c.kind).collect();
+        assert_eq!(
+            kinds,
+            [ColumnType::Integer, ColumnType::Decimal, ColumnType::Date]
+        );
+        assert_eq!(table.rows[1], vec![Some("2".into()), None, None]);
     }
 }

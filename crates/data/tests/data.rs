@@ -96,9 +96,9 @@ async fn revenue_on_postgres_and_delete_is_refused() {
         [
             ("order_id", "integer"),
             ("product_id", "integer"),
-            ("unit_price", "real"),
+            ("unit_price", "decimal"),
             ("quantity", "integer"),
-            ("discount", "real"),
+            ("discount", "decimal"),
         ]
     );
 
@@ -258,6 +258,89 @@ async fn typed_sql_runs_directly_and_bad_sql_is_refused() {
     assert!(events.is_empty());
     let status = error.expect("refused");
     assert_eq!(meta(&status, "x-agentmesh-error-code"), "sql_not_read_only");
+}
+
+const PAYMENTS: &str = "id,customer,paid,paid_on,note\n\
+1,ALFKI,0.10,1997-01-01,first\n\
+2,ANATR,0.20,1996-12-31,1997-01-05\n\
+3,ALFKI,19.99,,n/a\n\
+4,BONAP,1000000.01,1998-02-01,\n";
+
+fn rows_of(resp: &DataQueryResponse) -> serde_json::Value {
+    serde_json::from_str(&resp.rows_json).unwrap()
+}
+
+/// A CSV with money and dates: typed decimal and date, exact sums, date filters and
+/// date order, a column mixing dates and words kept as text, empty values NULL; the
+/// model's schema names the types.
+async fn money_and_dates(state: State, dir: tempfile::TempDir) {
+    let config = MockConfig::new(MODEL)
+        .with_rule(Rule {
+            system_contains: Some("read-only".into()),
+            ..Rule::reply("```sql\nSELECT sum(paid) FROM payments\n```")
+        })
+        .with_rule(Rule {
+            system_contains: Some("summarise".into()),
+            ..Rule::reply("Paid in total.")
+        });
+    let agent = start_data(config, state, dir).await;
+    let (mut data, mut chat) = clients(&agent.url).await;
+    let req = RegisterDatasetRequest {
+        name: "payments".into(),
+        csv: PAYMENTS.as_bytes().to_vec(),
+    };
+    let dataset = data.register_dataset(req).await.unwrap().into_inner();
+    let types: Vec<_> = dataset.columns.iter().map(|c| c.r#type.as_str()).collect();
+    assert_eq!(types, ["integer", "text", "decimal", "date", "text"]);
+
+    let sum = query(&mut data, "SELECT sum(paid) FROM payments")
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&sum), serde_json::json!([[1000020.3]]));
+    let sql = "SELECT id, paid_on FROM payments WHERE paid_on >= '1997-01-01' ORDER BY paid_on";
+    let since = query(&mut data, sql).await.unwrap();
+    let want = serde_json::json!([[1, "1997-01-01"], [4, "1998-02-01"]]);
+    assert_eq!(rows_of(&since), want);
+    let sql = "SELECT id FROM payments WHERE paid_on IS NOT NULL ORDER BY paid_on DESC";
+    let ordered = query(&mut data, sql).await.unwrap();
+    assert_eq!(rows_of(&ordered), serde_json::json!([[4], [1], [2]]));
+    let sql = "SELECT count(*) FROM payments WHERE paid_on IS NULL OR note IS NULL";
+    let nulls = query(&mut data, sql).await.unwrap();
+    assert_eq!(rows_of(&nulls), serde_json::json!([[2]]));
+    let sql = "SELECT note FROM payments WHERE id = 2";
+    let note = query(&mut data, sql).await.unwrap();
+    assert_eq!(rows_of(&note), serde_json::json!([["1997-01-05"]]));
+
+    let request = chat_request(vec![user("How much was paid?")], "");
+    let (events, error) = collect(chat.chat(request).await.unwrap().into_inner()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert!(text(&events).contains("| 1000020.3 |"), "{}", text(&events));
+    let log = mock_log(&agent.mock);
+    assert!(
+        log[0].contains("paid decimal") && log[0].contains("paid_on date"),
+        "{}",
+        log[0]
+    );
+    assert!(log[0].contains("| 1997-01-01 |"), "{}", log[0]);
+}
+
+#[tokio::test]
+async fn money_and_dates_on_sqlite() {
+    let (state, dir) = sqlite_state().await;
+    money_and_dates(state, dir).await;
+}
+
+#[tokio::test]
+async fn money_and_dates_on_postgres() {
+    let db = testing::fresh_postgres().await;
+    let config = StateConfig {
+        database_url: db.url.clone(),
+        redis_url: None,
+        redis_prefix: testing::fresh_redis_prefix(),
+    };
+    let state = State::connect(&config).await.unwrap();
+    money_and_dates(state, tempfile::tempdir().unwrap()).await;
+    db.cleanup().await;
 }
 
 mod hostile;

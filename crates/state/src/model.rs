@@ -109,7 +109,12 @@ pub struct ScoredChunk {
 #[serde(rename_all = "lowercase")]
 pub enum ColumnType {
     Integer,
+    /// Exact decimal (money): NUMERIC on Postgres; see the SQLite backend for its storage.
+    Decimal,
+    /// Binary floating point, for values written with an exponent.
     Real,
+    /// A calendar day, `YYYY-MM-DD`.
+    Date,
     Text,
 }
 
@@ -117,7 +122,9 @@ impl ColumnType {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Integer => "integer",
+            Self::Decimal => "decimal",
             Self::Real => "real",
+            Self::Date => "date",
             Self::Text => "text",
         }
     }

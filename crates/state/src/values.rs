@@ -1,12 +1,16 @@
 //! Dataset cells and identifiers: parsing CSV text into typed SQL values.
 
 use crate::{ColumnType, Result, StateError, TableData};
+use chrono::NaiveDate;
 
 /// One typed cell of a dataset row.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Cell {
     Int(Option<i64>),
+    /// Canonical decimal text (`-12.50`): exact, never through a float.
+    Decimal(Option<String>),
     Real(Option<f64>),
+    Date(Option<NaiveDate>),
     Text(Option<String>),
 }
 
@@ -76,7 +80,9 @@ fn parse_cell(value: Option<&str>, kind: ColumnType) -> Result<Cell, String> {
     let Some(text) = value else {
         return Ok(match kind {
             ColumnType::Integer => Cell::Int(None),
+            ColumnType::Decimal => Cell::Decimal(None),
             ColumnType::Real => Cell::Real(None),
+            ColumnType::Date => Cell::Date(None),
             ColumnType::Text => Cell::Text(None),
         });
     };
@@ -86,12 +92,46 @@ fn parse_cell(value: Option<&str>, kind: ColumnType) -> Result<Cell, String> {
             .parse::<i64>()
             .map(|v| Cell::Int(Some(v)))
             .map_err(|_| format!("{text:?} is not an integer")),
+        ColumnType::Decimal => canonical_decimal(text)
+            .map(|v| Cell::Decimal(Some(v)))
+            .ok_or_else(|| format!("{text:?} is not a decimal number")),
         ColumnType::Real => match text.trim().parse::<f64>() {
             Ok(v) if v.is_finite() => Ok(Cell::Real(Some(v))),
             _ => Err(format!("{text:?} is not a finite number")),
         },
+        ColumnType::Date => NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+            .map(|d| Cell::Date(Some(d)))
+            .map_err(|_| format!("{text:?} is not a date (YYYY-MM-DD)")),
         ColumnType::Text => Ok(Cell::Text(Some(text.to_owned()))),
     }
+}
+
+/// `[+-]digits[.digits]` (either side may be empty, not both) as `-12.50`: sign kept only
+/// when negative, integer part without leading zeros, scale (trailing zeros) kept.
+pub(crate) fn canonical_decimal(text: &str) -> Option<String> {
+    let text = text.trim();
+    let (negative, body) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    let zero = int.is_empty() && frac.bytes().all(|b| b == b'0');
+    let mut out = String::with_capacity(text.len() + 1);
+    if negative && !zero {
+        out.push('-');
+    }
+    out.push_str(if int.is_empty() { "0" } else { int });
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    Some(out)
 }
 
 /// Rows per multi-row INSERT: bounded by the bind-parameter limit of both backends.
@@ -99,12 +139,35 @@ pub(crate) fn batch_rows(columns: usize) -> usize {
     (30_000 / columns.max(1)).clamp(1, 1_000)
 }
 
-/// A JSON number from a decimal string, or the string itself when it does not fit.
+/// A JSON number from a decimal string when the number says exactly the same value;
+/// otherwise (more digits than a float holds, NaN) the decimal string itself, so that
+/// no digit is silently rounded away.
 pub(crate) fn decimal_json(text: &str) -> serde_json::Value {
-    match serde_json::from_str::<serde_json::Number>(text) {
-        Ok(n) => serde_json::Value::Number(n),
-        Err(_) => serde_json::Value::String(text.to_owned()),
+    let exact = match serde_json::from_str::<serde_json::Number>(text) {
+        Ok(n) if !n.is_f64() => Some(n),
+        Ok(n) => n
+            .as_f64()
+            .filter(|f| same_decimal(&f.to_string(), text))
+            .map(|_| n),
+        Err(_) => None,
+    };
+    match exact {
+        Some(n) => serde_json::Value::Number(n),
+        None => serde_json::Value::String(text.to_owned()),
     }
+}
+
+/// True when both decimal strings denote the same value (trailing zeros aside).
+fn same_decimal(a: &str, b: &str) -> bool {
+    let strip = |s: &str| -> Option<String> {
+        let s = canonical_decimal(s)?;
+        Some(match s.contains('.') {
+            true => s.trim_end_matches('0').trim_end_matches('.').to_owned(),
+            false => s,
+        })
+    };
+    let (a, b) = (strip(a), strip(b));
+    a.is_some() && a == b
 }
 
 /// A JSON number from a float; NaN and infinities (no JSON form) become strings.
@@ -157,8 +220,50 @@ mod tests {
     }
 
     #[test]
-    fn decimals_become_numbers() {
+    fn decimals_become_numbers_only_when_exact() {
         assert_eq!(decimal_json("1265793.04"), serde_json::json!(1265793.04));
+        assert_eq!(decimal_json("1265793.0390"), serde_json::json!(1265793.039));
+        assert_eq!(decimal_json("14"), serde_json::json!(14));
+        assert_eq!(decimal_json("-0.50"), serde_json::json!(-0.5));
         assert_eq!(decimal_json("NaN"), serde_json::json!("NaN"));
+        let long = "12345678901234567890.123456789";
+        assert_eq!(decimal_json(long), serde_json::json!(long));
+    }
+
+    #[test]
+    fn canonical_decimals() {
+        let cases = [
+            ("14", Some("14")),
+            (" +007.50 ", Some("7.50")),
+            ("-.5", Some("-0.5")),
+            ("5.", Some("5")),
+            ("-0.00", Some("0.00")),
+            ("1e3", None),
+            (".", None),
+            ("", None),
+            ("1.2.3", None),
+            ("--1", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(canonical_decimal(text).as_deref(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn decimal_and_date_cells() {
+        let mut t = table(vec![]);
+        t.columns[0].kind = ColumnType::Decimal;
+        t.columns[1].kind = ColumnType::Date;
+        t.rows = vec![vec![Some("19.90".into()), Some("1997-01-31".into())]];
+        let date = NaiveDate::from_ymd_opt(1997, 1, 31);
+        assert_eq!(
+            typed_rows(&t).unwrap(),
+            vec![vec![Cell::Decimal(Some("19.90".into())), Cell::Date(date)]]
+        );
+        t.rows = vec![vec![Some("1,5".into()), None]];
+        assert!(typed_rows(&t).is_err());
+        t.rows = vec![vec![None, Some("1997-02-30".into())]];
+        let err = typed_rows(&t).unwrap_err().to_string();
+        assert!(err.contains("not a date"), "{err}");
     }
 }

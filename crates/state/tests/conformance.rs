@@ -149,6 +149,8 @@ conformance!(
     datasets_create_replace_query,
     datasets_guards,
     northwind_revenue,
+    datasets_decimal_and_date,
+    northwind_money_and_dates,
     usage_ledger,
     usage_ledger_batch,
     idempotency,
@@ -597,12 +599,19 @@ fn northwind(name: &str) -> TableData {
                 .collect()
         })
         .collect();
+    let is_decimal = |v: &str| {
+        let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+        !int.is_empty() && format!("{int}{frac}").bytes().all(|b| b.is_ascii_digit())
+    };
+    let is_date = |v: &str| NaiveDate::parse_from_str(v, "%Y-%m-%d").is_ok();
     let kind = |i: usize| {
         let values = rows.iter().filter_map(|r| r[i].as_deref());
         if values.clone().all(|v| v.parse::<i64>().is_ok()) {
             ColumnType::Integer
-        } else if values.clone().all(|v| v.parse::<f64>().is_ok()) {
-            ColumnType::Real
+        } else if values.clone().all(is_decimal) {
+            ColumnType::Decimal
+        } else if values.clone().all(is_date) {
+            ColumnType::Date
         } else {
             ColumnType::Text
         }
@@ -674,6 +683,157 @@ async fn northwind_revenue(state: &State) {
     }
 }
 
+/// Decimal and date columns: stored, typed in the registry, compared and ordered as
+/// numbers and days, NULLs kept, bad values refused with row and column.
+async fn datasets_decimal_and_date(state: &State) {
+    let db = &state.db;
+    let cols = [
+        ("id", ColumnType::Integer),
+        ("amount", ColumnType::Decimal),
+        ("paid_on", ColumnType::Date),
+    ];
+    let rows: &[&[Option<&str>]] = &[
+        &[Some("1"), Some("0.10"), Some("1997-01-01")],
+        &[Some("2"), Some("0.20"), Some("1996-12-31")],
+        &[Some("3"), Some("10"), None],
+        &[Some("4"), Some("9.5"), Some("1998-02-01")],
+        &[Some("5"), None, Some("1997-06-30")],
+    ];
+    db.create_dataset(&table("pay", &cols, rows)).await.unwrap();
+    let info = db.get_dataset("pay").await.unwrap().unwrap();
+    let kinds: Vec<_> = info.columns.iter().map(|c| c.kind).collect();
+    assert_eq!(
+        kinds,
+        [ColumnType::Integer, ColumnType::Decimal, ColumnType::Date]
+    );
+    let q = |sql: &'static str| async move {
+        db.query_dataset(sql, 100, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .rows
+    };
+
+    let sum = q("SELECT sum(amount) FROM pay").await;
+    assert_eq!(sum, vec![vec![json!(19.8)]], "0.10 + 0.20 + 10 + 9.5");
+    let rows = q("SELECT id, amount FROM pay WHERE amount > 1 ORDER BY amount").await;
+    assert_eq!(
+        rows,
+        vec![vec![json!(4), json!(9.5)], vec![json!(3), json!(10)]]
+    );
+    let rows =
+        q("SELECT id, paid_on FROM pay WHERE paid_on >= '1997-01-01' ORDER BY paid_on").await;
+    let want = [(1, "1997-01-01"), (5, "1997-06-30"), (4, "1998-02-01")];
+    let want: Vec<_> = want.iter().map(|(i, d)| vec![json!(i), json!(d)]).collect();
+    assert_eq!(rows, want);
+    let nulls = q("SELECT count(*) FROM pay WHERE amount IS NULL OR paid_on IS NULL").await;
+    assert_eq!(nulls, vec![vec![json!(2)]]);
+
+    let bad = [
+        &[Some("6"), Some("1,5"), None][..],
+        &[Some("7"), None, Some("1997-02-30")][..],
+    ];
+    for row in bad {
+        let err = db
+            .create_dataset(&table("pay", &cols, &[row]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StateError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("row 1 column"), "{err}");
+    }
+    assert_eq!(q("SELECT count(*) FROM pay").await, vec![vec![json!(5)]]);
+}
+
+/// Exact sum of `unit_price * quantity * (1 - discount)` over order_details, in
+/// units of 1/10000, computed from the CSV text with integers.
+fn exact_revenue(table: &TableData) -> i128 {
+    let col = |n: &str| table.columns.iter().position(|c| c.name == n).unwrap();
+    let (price, qty, discount) = (col("unit_price"), col("quantity"), col("discount"));
+    let hundredths = |v: &str| -> i128 {
+        let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+        let frac = format!("{frac:0<2}");
+        assert_eq!(frac.len(), 2, "{v}");
+        int.parse::<i128>().unwrap() * 100 + frac.parse::<i128>().unwrap()
+    };
+    table
+        .rows
+        .iter()
+        .map(|r| {
+            let p = hundredths(r[price].as_deref().unwrap());
+            let q = r[qty].as_deref().unwrap().parse::<i128>().unwrap();
+            let d = hundredths(r[discount].as_deref().unwrap());
+            p * q * (100 - d)
+        })
+        .sum()
+}
+
+/// Money sums exact to the cent on both backends (to every digit on Postgres), date
+/// filters and date order over the real orders table.
+async fn northwind_money_and_dates(state: &State) {
+    let db = &state.db;
+    let details = northwind("order_details");
+    let kinds: Vec<_> = details.columns.iter().map(|c| c.kind).collect();
+    use ColumnType::{Decimal, Integer};
+    assert_eq!(kinds, [Integer, Integer, Decimal, Integer, Decimal]);
+    db.create_dataset(&details).await.unwrap();
+    let exact = exact_revenue(&details);
+    let cents = (exact + 50) / 100;
+    let want_cents = format!("{}.{:02}", cents / 100, cents % 100);
+
+    let run = |sql: &'static str| async move {
+        db.query_dataset(sql, 1000, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .rows
+    };
+    let rounded =
+        run("SELECT round(sum(unit_price*quantity*(1-discount)), 2) FROM order_details").await;
+    let rounded = rounded[0][0].to_string();
+    assert_eq!(rounded, want_cents, "rounded revenue");
+    if db.backend() == "postgres" {
+        let full =
+            run("SELECT sum(unit_price*quantity*(1-discount))::text FROM order_details").await;
+        let want_full = format!("{}.{:04}", exact / 10000, exact % 10000);
+        assert_eq!(full, vec![vec![json!(want_full)]]);
+    }
+
+    let orders = northwind("orders");
+    let col = |n: &str| orders.columns.iter().position(|c| c.name == n).unwrap();
+    assert_eq!(orders.columns[col("order_date")].kind, ColumnType::Date);
+    assert_eq!(orders.columns[col("freight")].kind, ColumnType::Decimal);
+    db.create_dataset(&orders).await.unwrap();
+    let dates: Vec<&str> = orders
+        .rows
+        .iter()
+        .filter_map(|r| r[col("order_date")].as_deref())
+        .collect();
+    let since = dates.iter().filter(|d| **d >= "1997-01-01").count();
+    let counted = run("SELECT count(*) FROM orders WHERE order_date >= '1997-01-01'").await;
+    assert_eq!(counted, vec![vec![json!(since)]]);
+    let first = run("SELECT order_date FROM orders ORDER BY order_date, order_id LIMIT 1").await;
+    assert_eq!(first, vec![vec![json!(dates.iter().min().unwrap())]]);
+    let unshipped = orders
+        .rows
+        .iter()
+        .filter(|r| r[col("shipped_date")].is_none())
+        .count();
+    let nulls = run("SELECT count(*) FROM orders WHERE shipped_date IS NULL").await;
+    assert_eq!(nulls, vec![vec![json!(unshipped)]]);
+    let by_year = match db.backend() {
+        "postgres" => {
+            "SELECT extract(year FROM order_date)::int AS y, count(*) FROM orders \
+                       GROUP BY 1 ORDER BY 1"
+        }
+        _ => {
+            "SELECT CAST(strftime('%Y', order_date) AS INTEGER) AS y, count(*) FROM orders \
+              GROUP BY 1 ORDER BY 1"
+        }
+    };
+    let years = run(by_year).await;
+    let total: u64 = years.iter().map(|r| r[1].as_u64().unwrap()).sum();
+    assert_eq!(years.len(), 3, "{years:?}");
+    assert_eq!(total, orders.rows.len() as u64);
+}
+
 fn usage(request_id: &str, key_id: &str, cost: f64) -> UsageRecord {
     UsageRecord {
         request_id: request_id.into(),
@@ -714,6 +874,29 @@ async fn usage_ledger(state: &State) {
     assert_eq!(db.usage_summary(None).await.unwrap().len(), 2);
     let spent = db.get_key("k1").await.unwrap().unwrap().spent_usd;
     assert!((spent - 0.75).abs() < 1e-9, "{spent}");
+}
+
+/// A batch is one all-or-nothing write that still skips request ids already recorded,
+/// so a batch retried after a lost commit acknowledgement counts nothing twice.
+async fn usage_ledger_batch(state: &State) {
+    let db = &state.db;
+    db.create_key(new_key("k1", "am-secret-one", &[]))
+        .await
+        .unwrap();
+    db.record_usage(&usage("r1", "k1", 0.25)).await.unwrap();
+    let batch = [
+        usage("r1", "k1", 0.25),
+        usage("r2", "k1", 0.5),
+        usage("r3", "k1", 1.0),
+    ];
+    db.record_usage_batch(&batch).await.unwrap();
+    db.record_usage_batch(&batch).await.unwrap();
+    db.record_usage_batch(&[]).await.unwrap();
+
+    let mine = db.usage_summary(Some("k1")).await.unwrap();
+    assert_eq!(mine[0].requests, 3);
+    let spent = db.get_key("k1").await.unwrap().unwrap().spent_usd;
+    assert!((spent - 1.75).abs() < 1e-9, "{spent}");
 }
 
 async fn idempotency(state: &State) {
@@ -874,29 +1057,6 @@ async fn key_cache_invalidate_by_id(state: &State) {
         .create_key(new_key("k2", "am-secret-two", &["chat"]))
         .await
         .unwrap();
-/// A batch is one all-or-nothing write that still skips request ids already recorded,
-/// so a batch retried after a lost commit acknowledgement counts nothing twice.
-async fn usage_ledger_batch(state: &State) {
-    let db = &state.db;
-    db.create_key(new_key("k1", "am-secret-one", &[]))
-        .await
-        .unwrap();
-    db.record_usage(&usage("r1", "k1", 0.25)).await.unwrap();
-    let batch = [
-        usage("r1", "k1", 0.25),
-        usage("r2", "k1", 0.5),
-        usage("r3", "k1", 1.0),
-    ];
-    db.record_usage_batch(&batch).await.unwrap();
-    db.record_usage_batch(&batch).await.unwrap();
-    db.record_usage_batch(&[]).await.unwrap();
-
-    let mine = db.usage_summary(Some("k1")).await.unwrap();
-    assert_eq!(mine[0].requests, 3);
-    let spent = db.get_key("k1").await.unwrap().unwrap().spent_usd;
-    assert!((spent - 1.75).abs() < 1e-9, "{spent}");
-}
-
     let (old, new, two) = (
         hash_secret("am-secret-one"),
         hash_secret("am-secret-new"),

@@ -161,9 +161,13 @@ const LEGITIMATE: &[(&str, &str)] = &[
         r#"["Cy"]"#,
     ),
     (
-        "SELECT substr(day, 1, 7) AS month, count(*) AS n FROM orders \
-         GROUP BY substr(day, 1, 7) ORDER BY month",
+        "SELECT substr(CAST(day AS TEXT), 1, 7) AS month, count(*) AS n FROM orders \
+         GROUP BY substr(CAST(day AS TEXT), 1, 7) ORDER BY month",
         r#"["2024-01",2]"#,
+    ),
+    (
+        "SELECT count(*) AS n FROM orders WHERE day >= '2024-01-20'",
+        r#"[2]"#,
     ),
 ];
 

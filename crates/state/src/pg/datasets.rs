@@ -22,7 +22,9 @@ const CLIENT_GRACE: Duration = Duration::from_secs(2);
 fn sql_type(kind: ColumnType) -> &'static str {
     match kind {
         ColumnType::Integer => "BIGINT",
+        ColumnType::Decimal => "NUMERIC",
         ColumnType::Real => "DOUBLE PRECISION",
+        ColumnType::Date => "DATE",
         ColumnType::Text => "TEXT",
     }
 }
@@ -199,7 +201,13 @@ async fn insert_rows(
             for cell in row {
                 match cell {
                     Cell::Int(v) => b.push_bind(*v),
+                    // Sent as text and cast by the server: exact at any scale.
+                    Cell::Decimal(v) => b
+                        .push("CAST(")
+                        .push_bind_unseparated(v.clone())
+                        .push_unseparated(" AS NUMERIC)"),
                     Cell::Real(v) => b.push_bind(*v),
+                    Cell::Date(v) => b.push_bind(*v),
                     Cell::Text(v) => b.push_bind(v.clone()),
                 };
             }

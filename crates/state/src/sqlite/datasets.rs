@@ -7,6 +7,16 @@
 //! keeps ATTACH and PRAGMA out), and are interrupted by a progress handler once
 //! their time is up. The registry of datasets is a table of the main database,
 //! written after the dataset's own transaction commits.
+//!
+//! Column types: SQLite has no exact decimal. A `decimal` column is declared
+//! `DECIMAL` (NUMERIC affinity): each value is stored as an INTEGER when whole,
+//! else as a REAL, exact to 15 significant digits, so comparisons and ordering
+//! are numeric; `sum()` uses compensated summation, so sums of money rounded to
+//! the cent (`round(sum(x), 2)`) are exact. Text holding the decimal string would
+//! keep every digit but compare as text (`'9.5' > '10'`), which is worse. A
+//! `date` column is declared `DATE` and holds ISO `YYYY-MM-DD` text, which sorts
+//! and compares as dates and works with `date()`, `strftime()` and `julianday()`.
+//! The registry keeps the declared `ColumnType` of each column.
 
 use super::{get_ts, pool_options, ts, SqliteDatabase, BACKEND};
 use crate::sqlerr::{classify_query, map};
@@ -31,7 +41,9 @@ pub(crate) struct DatasetStore {
 fn sql_type(kind: ColumnType) -> &'static str {
     match kind {
         ColumnType::Integer => "INTEGER",
+        ColumnType::Decimal => "DECIMAL",
         ColumnType::Real => "REAL",
+        ColumnType::Date => "DATE",
         ColumnType::Text => "TEXT",
     }
 }
@@ -106,7 +118,10 @@ impl DatasetStore {
                 for cell in row {
                     match cell {
                         Cell::Int(v) => b.push_bind(*v),
+                        // Text, converted by the column's NUMERIC affinity.
+                        Cell::Decimal(v) => b.push_bind(v.clone()),
                         Cell::Real(v) => b.push_bind(*v),
+                        Cell::Date(v) => b.push_bind(v.map(|d| d.to_string())),
                         Cell::Text(v) => b.push_bind(v.clone()),
                     };
                 }
