@@ -6,9 +6,9 @@
 //! other method goes straight to the database.
 
 use crate::{
-    ApiKey, CachedConversation, Conversation, Database, DatasetInfo, DocumentInfo, Hot,
-    IdempotencyClaim, NewApiKey, NewChunk, NewDocument, NewMessage, QueryResult, Result,
-    ScoredChunk, StoredResponse, TableData, UsageRecord, UsageSummary,
+    ApiKey, CachedConversation, ChunkVector, ChunkVectors, Conversation, Database, DatasetInfo,
+    DocumentInfo, Hot, IdempotencyClaim, NewApiKey, NewChunk, NewDocument, NewMessage, QueryResult,
+    Result, ScoredChunk, StoredResponse, TableData, UsageRecord, UsageSummary,
 };
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -130,6 +130,25 @@ impl Database for CachedDatabase {
 
     async fn search_chunks(&self, query: &str, top_k: usize) -> Result<Vec<ScoredChunk>> {
         self.inner.search_chunks(query, top_k).await
+    }
+
+    async fn upsert_document_with_vectors(
+        &self,
+        doc: NewDocument,
+        chunks: Vec<NewChunk>,
+        vectors: ChunkVectors,
+    ) -> Result<bool> {
+        self.inner
+            .upsert_document_with_vectors(doc, chunks, vectors)
+            .await
+    }
+
+    async fn chunk_vectors(&self, model: &str, limit: usize) -> Result<Vec<ChunkVector>> {
+        self.inner.chunk_vectors(model, limit).await
+    }
+
+    async fn chunks_by_id(&self, ids: &[i64]) -> Result<Vec<(i64, ScoredChunk)>> {
+        self.inner.chunks_by_id(ids).await
     }
 
     async fn create_dataset(&self, table: &TableData) -> Result<DatasetInfo> {

@@ -7,9 +7,9 @@
 //! backend: the process recovers without a restart.
 
 use crate::{
-    ApiKey, Conversation, Database, DatasetInfo, DocumentInfo, IdempotencyClaim, NewApiKey,
-    NewChunk, NewDocument, NewMessage, PoolSettings, QueryResult, Result, ScoredChunk, StateError,
-    StoredResponse, TableData, UsageRecord, UsageSummary,
+    ApiKey, ChunkVector, ChunkVectors, Conversation, Database, DatasetInfo, DocumentInfo,
+    IdempotencyClaim, NewApiKey, NewChunk, NewDocument, NewMessage, PoolSettings, QueryResult,
+    Result, ScoredChunk, StateError, StoredResponse, TableData, UsageRecord, UsageSummary,
 };
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -165,6 +165,25 @@ impl Database for DeferredDatabase {
 
     async fn search_chunks(&self, query: &str, top_k: usize) -> Result<Vec<ScoredChunk>> {
         self.db()?.search_chunks(query, top_k).await
+    }
+
+    async fn upsert_document_with_vectors(
+        &self,
+        doc: NewDocument,
+        chunks: Vec<NewChunk>,
+        vectors: ChunkVectors,
+    ) -> Result<bool> {
+        self.db()?
+            .upsert_document_with_vectors(doc, chunks, vectors)
+            .await
+    }
+
+    async fn chunk_vectors(&self, model: &str, limit: usize) -> Result<Vec<ChunkVector>> {
+        self.db()?.chunk_vectors(model, limit).await
+    }
+
+    async fn chunks_by_id(&self, ids: &[i64]) -> Result<Vec<(i64, ScoredChunk)>> {
+        self.db()?.chunks_by_id(ids).await
     }
 
     async fn create_dataset(&self, table: &TableData) -> Result<DatasetInfo> {

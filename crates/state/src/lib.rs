@@ -21,6 +21,7 @@ mod sqlite;
 pub mod testing;
 mod timed;
 mod values;
+mod vectors;
 
 pub use cached::CONVERSATION_CACHE_TTL;
 pub use error::StateError;
@@ -29,6 +30,7 @@ pub use hot::redis::{RedisHot, DEFAULT_REDIS_TIMEOUT};
 pub use hot::KEY_HOLD;
 pub use model::*;
 pub use timed::CALL_TIMEOUTS;
+pub use vectors::{ChunkVector, ChunkVectors};
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -85,6 +87,35 @@ pub trait Database: Send + Sync + 'static {
     /// Full-text search over chunks, best first. An empty or stop-word-only
     /// query returns no results, not an error.
     async fn search_chunks(&self, query: &str, top_k: usize) -> Result<Vec<ScoredChunk>>;
+
+    // Chunk vectors (embeddings), stored as bytes; similarity is the caller's to compute.
+    /// [`Database::upsert_document`], storing `vectors.vectors[i]` with chunk i in the same
+    /// transaction (a replaced document's old vectors go with its old chunks; deleting a
+    /// document removes its vectors). Vectors that do not fit the chunks are refused
+    /// ([`StateError::Invalid`]). The default refuses: the backend keeps no vectors.
+    async fn upsert_document_with_vectors(
+        &self,
+        doc: NewDocument,
+        chunks: Vec<NewChunk>,
+        vectors: ChunkVectors,
+    ) -> Result<bool> {
+        let _ = (doc, chunks, vectors);
+        Err(StateError::Invalid(format!(
+            "the {} backend stores no chunk vectors",
+            self.backend()
+        )))
+    }
+    /// The stored vectors of `model`, at most `limit`, in chunk order. The default has none.
+    async fn chunk_vectors(&self, model: &str, limit: usize) -> Result<Vec<ChunkVector>> {
+        let _ = (model, limit);
+        Ok(Vec::new())
+    }
+    /// The chunks with these ids (as in [`ChunkVector::chunk_id`]), each with its id and
+    /// a score of 0, in no set order; ids no longer stored are left out.
+    async fn chunks_by_id(&self, ids: &[i64]) -> Result<Vec<(i64, ScoredChunk)>> {
+        let _ = ids;
+        Ok(Vec::new())
+    }
 
     // Datasets: CSV tables kept apart from agentmesh's own tables.
     /// Creates (or replaces) table `name` with these columns and rows, atomically.

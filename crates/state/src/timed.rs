@@ -9,9 +9,9 @@
 //! the caller gets [`StateError::Unavailable`], which the gateway answers 503.
 
 use crate::{
-    ApiKey, Conversation, Database, DatasetInfo, DocumentInfo, IdempotencyClaim, NewApiKey,
-    NewChunk, NewDocument, NewMessage, QueryResult, Result, ScoredChunk, StateError,
-    StoredResponse, TableData, UsageRecord, UsageSummary,
+    ApiKey, ChunkVector, ChunkVectors, Conversation, Database, DatasetInfo, DocumentInfo,
+    IdempotencyClaim, NewApiKey, NewChunk, NewDocument, NewMessage, QueryResult, Result,
+    ScoredChunk, StateError, StoredResponse, TableData, UsageRecord, UsageSummary,
 };
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -161,6 +161,29 @@ impl Database for TimedDatabase {
     async fn search_chunks(&self, query: &str, top_k: usize) -> Result<Vec<ScoredChunk>> {
         let work = self.inner.search_chunks(query, top_k);
         self.bound(self.limits.normal, "search_chunks", work).await
+    }
+
+    async fn upsert_document_with_vectors(
+        &self,
+        doc: NewDocument,
+        chunks: Vec<NewChunk>,
+        vectors: ChunkVectors,
+    ) -> Result<bool> {
+        let work = self
+            .inner
+            .upsert_document_with_vectors(doc, chunks, vectors);
+        self.bound(self.limits.long, "upsert_document_with_vectors", work)
+            .await
+    }
+
+    async fn chunk_vectors(&self, model: &str, limit: usize) -> Result<Vec<ChunkVector>> {
+        let work = self.inner.chunk_vectors(model, limit);
+        self.bound(self.limits.normal, "chunk_vectors", work).await
+    }
+
+    async fn chunks_by_id(&self, ids: &[i64]) -> Result<Vec<(i64, ScoredChunk)>> {
+        let work = self.inner.chunks_by_id(ids);
+        self.bound(self.limits.normal, "chunks_by_id", work).await
     }
 
     async fn create_dataset(&self, table: &TableData) -> Result<DatasetInfo> {

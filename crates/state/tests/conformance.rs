@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 mod failures;
 #[path = "conformance/ledger_scale.rs"]
 mod ledger_scale;
+#[path = "conformance/vectors.rs"]
+mod vectors;
+use vectors::chunk_vectors_follow_their_chunks;
 
 /// A connected state plus what must be cleaned up after the test.
 struct Env {
@@ -146,6 +149,7 @@ conformance!(
     conversation_ordering,
     concurrent_appends,
     documents_and_search,
+    chunk_vectors_follow_their_chunks,
     datasets_create_replace_query,
     datasets_guards,
     northwind_revenue,

@@ -2,7 +2,10 @@
 
 use super::{PgDatabase, BACKEND};
 use crate::sqlerr::map;
-use crate::{fts, DocumentInfo, NewChunk, NewDocument, Result, ScoredChunk};
+use crate::vectors::{decode_rows, to_bytes};
+use crate::{
+    fts, ChunkVector, ChunkVectors, DocumentInfo, NewChunk, NewDocument, Result, ScoredChunk,
+};
 use sqlx::Row;
 
 /// `$1`: plain alphanumeric words (from `fts::terms`); `$2`: how many results.
@@ -29,8 +32,22 @@ GROUP BY c.id, c.document_id, d.title, d.source, c.heading, c.text
 ORDER BY score DESC, c.id
 LIMIT $2";
 
+/// The columns of a chunk as [`ScoredChunk`] needs them, plus its id.
+const CHUNK_COLUMNS: &str = "SELECT c.id, c.document_id, d.title, d.source, c.heading, c.text \
+     FROM chunks c JOIN documents d ON d.id = c.document_id";
+
 impl PgDatabase {
     pub(super) async fn upsert_doc(&self, doc: NewDocument, chunks: Vec<NewChunk>) -> Result<bool> {
+        self.upsert_doc_with(doc, chunks, None).await
+    }
+
+    /// Stores the document, its chunks and, when given, their vectors in one transaction.
+    pub(super) async fn upsert_doc_with(
+        &self,
+        doc: NewDocument,
+        chunks: Vec<NewChunk>,
+        vectors: Option<ChunkVectors>,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(map(BACKEND))?;
         let replaced = sqlx::query("DELETE FROM documents WHERE id = $1")
             .bind(&doc.id)
@@ -49,6 +66,7 @@ impl PgDatabase {
             .map_err(map(BACKEND))?;
 
         let numbered: Vec<(i32, &NewChunk)> = (0..).zip(chunks.iter()).collect();
+        let mut ids: Vec<(i64, i32)> = Vec::with_capacity(chunks.len());
         for batch in numbered.chunks(1_000) {
             let mut builder = sqlx::QueryBuilder::<sqlx::Postgres>::new(
                 "INSERT INTO chunks (document_id, ordinal, heading, text) ",
@@ -59,11 +77,40 @@ impl PgDatabase {
                     .push_bind(&chunk.heading)
                     .push_bind(&chunk.text);
             });
-            builder
+            builder.push(" RETURNING id, ordinal");
+            let rows = builder
                 .build()
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(map(BACKEND))?;
+            for row in rows {
+                let id = row.try_get("id").map_err(map(BACKEND))?;
+                let ordinal = row.try_get("ordinal").map_err(map(BACKEND))?;
+                ids.push((id, ordinal));
+            }
+        }
+        if let Some(vectors) = vectors {
+            ids.sort_by_key(|(_, ordinal)| *ordinal);
+            let rows: Vec<(i64, Vec<u8>)> = ids
+                .iter()
+                .zip(&vectors.vectors)
+                .map(|((id, _), v)| (*id, to_bytes(v)))
+                .collect();
+            for batch in rows.chunks(500) {
+                let mut builder = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                    "INSERT INTO chunk_vectors (chunk_id, model, vector) ",
+                );
+                builder.push_values(batch, |mut b, (id, bytes)| {
+                    b.push_bind(*id)
+                        .push_bind(&vectors.model)
+                        .push_bind(bytes.as_slice());
+                });
+                builder
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map(BACKEND))?;
+            }
         }
         tx.commit().await.map_err(map(BACKEND))?;
         Ok(replaced)
@@ -120,6 +167,47 @@ impl PgDatabase {
                     text: r.try_get("text")?,
                     score: r.try_get("score")?,
                 })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(map(BACKEND))
+    }
+    /// Up to `limit` stored vectors of `model`, in chunk order.
+    pub(super) async fn vectors(&self, model: &str, limit: usize) -> Result<Vec<ChunkVector>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT chunk_id, vector FROM chunk_vectors WHERE model = $1 ORDER BY chunk_id LIMIT $2",
+        )
+        .bind(model)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map(BACKEND))?;
+        Ok(decode_rows(rows))
+    }
+
+    /// The chunks with these ids, scored 0.
+    pub(super) async fn chunks_with_ids(&self, ids: &[i64]) -> Result<Vec<(i64, ScoredChunk)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!("{CHUNK_COLUMNS} WHERE c.id = ANY($1)"))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map(BACKEND))?;
+        rows.iter()
+            .map(|r| {
+                let chunk = ScoredChunk {
+                    document_id: r.try_get("document_id")?,
+                    title: r.try_get("title")?,
+                    source: r.try_get("source")?,
+                    heading: r.try_get("heading")?,
+                    text: r.try_get("text")?,
+                    score: 0.0,
+                };
+                Ok((r.try_get("id")?, chunk))
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(map(BACKEND))

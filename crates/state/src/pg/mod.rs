@@ -8,9 +8,10 @@ pub(crate) use ledger::summary_sql;
 
 use crate::sqlerr::map;
 use crate::{
-    ApiKey, Conversation, Database, DatasetInfo, DocumentInfo, IdempotencyClaim, NewApiKey,
-    NewChunk, NewDocument, NewMessage, PoolSettings, QueryResult, Result, ScoredChunk, StateError,
-    StoredMessage, StoredResponse, TableData, UsageRecord, UsageSummary,
+    ApiKey, ChunkVector, ChunkVectors, Conversation, Database, DatasetInfo, DocumentInfo,
+    IdempotencyClaim, NewApiKey, NewChunk, NewDocument, NewMessage, PoolSettings, QueryResult,
+    Result, ScoredChunk, StateError, StoredMessage, StoredResponse, TableData, UsageRecord,
+    UsageSummary,
 };
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -320,6 +321,24 @@ impl Database for PgDatabase {
 
     async fn search_chunks(&self, query: &str, top_k: usize) -> Result<Vec<ScoredChunk>> {
         self.search(query, top_k).await
+    }
+
+    async fn upsert_document_with_vectors(
+        &self,
+        doc: NewDocument,
+        chunks: Vec<NewChunk>,
+        vectors: ChunkVectors,
+    ) -> Result<bool> {
+        vectors.check(chunks.len())?;
+        self.upsert_doc_with(doc, chunks, Some(vectors)).await
+    }
+
+    async fn chunk_vectors(&self, model: &str, limit: usize) -> Result<Vec<ChunkVector>> {
+        self.vectors(model, limit).await
+    }
+
+    async fn chunks_by_id(&self, ids: &[i64]) -> Result<Vec<(i64, ScoredChunk)>> {
+        self.chunks_with_ids(ids).await
     }
 
     async fn create_dataset(&self, table: &TableData) -> Result<DatasetInfo> {

@@ -2,12 +2,29 @@
 
 use super::{get_ts, ts, SqliteDatabase, BACKEND};
 use crate::sqlerr::map;
-use crate::{fts, DocumentInfo, NewChunk, NewDocument, Result, ScoredChunk};
+use crate::vectors::{decode_rows, to_bytes};
+use crate::{
+    fts, ChunkVector, ChunkVectors, DocumentInfo, NewChunk, NewDocument, Result, ScoredChunk,
+};
 use chrono::Utc;
 use sqlx::Row;
 
+/// The columns of a chunk as [`ScoredChunk`] needs them, plus its id.
+const CHUNK_COLUMNS: &str = "SELECT c.id, c.document_id, d.title, d.source, c.heading, c.text \
+     FROM chunks c JOIN documents d ON d.id = c.document_id";
+
 impl SqliteDatabase {
     pub(super) async fn upsert_doc(&self, doc: NewDocument, chunks: Vec<NewChunk>) -> Result<bool> {
+        self.upsert_doc_with(doc, chunks, None).await
+    }
+
+    /// Stores the document, its chunks and, when given, their vectors in one transaction.
+    pub(super) async fn upsert_doc_with(
+        &self,
+        doc: NewDocument,
+        chunks: Vec<NewChunk>,
+        vectors: Option<ChunkVectors>,
+    ) -> Result<bool> {
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -40,6 +57,7 @@ impl SqliteDatabase {
         .map_err(map(BACKEND))?;
 
         let numbered: Vec<(i64, &NewChunk)> = (0..).zip(chunks.iter()).collect();
+        let mut ids: Vec<(i64, i64)> = Vec::with_capacity(chunks.len());
         for batch in numbered.chunks(1_000) {
             let mut builder = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO chunks (document_id, ordinal, heading, text) ",
@@ -50,11 +68,40 @@ impl SqliteDatabase {
                     .push_bind(&chunk.heading)
                     .push_bind(&chunk.text);
             });
-            builder
+            builder.push(" RETURNING id, ordinal");
+            let rows = builder
                 .build()
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(map(BACKEND))?;
+            for row in rows {
+                let id = row.try_get("id").map_err(map(BACKEND))?;
+                let ordinal = row.try_get("ordinal").map_err(map(BACKEND))?;
+                ids.push((id, ordinal));
+            }
+        }
+        if let Some(vectors) = vectors {
+            ids.sort_by_key(|(_, ordinal)| *ordinal);
+            let rows: Vec<(i64, Vec<u8>)> = ids
+                .iter()
+                .zip(&vectors.vectors)
+                .map(|((id, _), v)| (*id, to_bytes(v)))
+                .collect();
+            for batch in rows.chunks(500) {
+                let mut builder = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO chunk_vectors (chunk_id, model, vector) ",
+                );
+                builder.push_values(batch, |mut b, (id, bytes)| {
+                    b.push_bind(*id)
+                        .push_bind(&vectors.model)
+                        .push_bind(bytes.as_slice());
+                });
+                builder
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map(BACKEND))?;
+            }
         }
         tx.commit().await.map_err(map(BACKEND))?;
         Ok(replaced)
@@ -138,6 +185,58 @@ impl SqliteDatabase {
                     text: r.try_get("text")?,
                     score: r.try_get("score")?,
                 })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(map(BACKEND))
+    }
+    /// Up to `limit` stored vectors of `model`, in chunk order.
+    pub(super) async fn vectors(&self, model: &str, limit: usize) -> Result<Vec<ChunkVector>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT chunk_id, vector FROM chunk_vectors WHERE model = ?1 ORDER BY chunk_id LIMIT ?2",
+        )
+        .bind(model)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map(BACKEND))?;
+        Ok(decode_rows(rows))
+    }
+
+    /// The chunks with these ids, scored 0.
+    pub(super) async fn chunks_with_ids(&self, ids: &[i64]) -> Result<Vec<(i64, ScoredChunk)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut rows = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(500) {
+            let mut builder = sqlx::QueryBuilder::<sqlx::Sqlite>::new(CHUNK_COLUMNS);
+            builder.push(" WHERE c.id IN (");
+            let mut list = builder.separated(", ");
+            for id in batch {
+                list.push_bind(*id);
+            }
+            builder.push(")");
+            let found = builder
+                .build()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map(BACKEND))?;
+            rows.extend(found);
+        }
+        rows.iter()
+            .map(|r| {
+                let chunk = ScoredChunk {
+                    document_id: r.try_get("document_id")?,
+                    title: r.try_get("title")?,
+                    source: r.try_get("source")?,
+                    heading: r.try_get("heading")?,
+                    text: r.try_get("text")?,
+                    score: 0.0,
+                };
+                Ok((r.try_get("id")?, chunk))
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(map(BACKEND))
