@@ -25,6 +25,62 @@ pub use keys::{bootstrap_admin_key, generate_key};
 use agentmesh_state::State;
 use std::future::{Future, IntoFuture};
 
+/// How long [`ensure_admin_key`] waits between attempts while the database is down.
+const BOOTSTRAP_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`bootstrap_admin_key`], but a database that cannot be reached does not stop the
+/// start: the attempt is repeated in the background until it succeeds (the gateway
+/// serves degraded meanwhile, see [`State::start`]). A generated secret is passed to
+/// `show` once, whenever it is created. Other failures are returned.
+pub async fn ensure_admin_key(
+    state: &State,
+    config: &GatewayConfig,
+    show: impl Fn(String) + Send + 'static,
+) -> anyhow::Result<()> {
+    match bootstrap_admin_key(state, config).await {
+        Ok(generated) => {
+            if let Some(secret) = generated {
+                show(secret);
+            }
+            return Ok(());
+        }
+        Err(error) if !storage_unavailable(&error) => return Err(error),
+        Err(error) => {
+            tracing::warn!(%error, "admin key not checked yet: database unavailable, retrying");
+        }
+    }
+    let (state, config) = (state.clone(), config.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(BOOTSTRAP_RETRY).await;
+            match bootstrap_admin_key(&state, &config).await {
+                Ok(generated) => {
+                    tracing::info!("admin key checked");
+                    if let Some(secret) = generated {
+                        show(secret);
+                    }
+                    return;
+                }
+                Err(error) if storage_unavailable(&error) => {
+                    tracing::debug!(%error, "admin key check still waiting for the database");
+                }
+                Err(error) => {
+                    tracing::error!(%error, "admin key check failed");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+fn storage_unavailable(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<agentmesh_state::StateError>(),
+        Some(agentmesh_state::StateError::Unavailable { .. })
+    )
+}
+
 /// The gateway's routes over `state`, calling the agents of `config`.
 pub fn router(config: GatewayConfig, state: State) -> anyhow::Result<axum::Router> {
     let app = app::AppState::new(config, state)?;

@@ -1,6 +1,6 @@
 //! `agentmesh-gateway`: serves the HTTP API until SIGTERM or ctrl-c.
 
-use agentmesh_gateway::{bootstrap_admin_key, serve, GatewayConfig};
+use agentmesh_gateway::{ensure_admin_key, serve, GatewayConfig};
 use agentmesh_state::{State, StateConfig};
 use anyhow::Context;
 use std::path::PathBuf;
@@ -10,13 +10,15 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = agentmesh_telemetry::init("gateway");
     let config = GatewayConfig::from_env()?;
     let state_config = state_config()?;
-    let state = State::connect(&state_config)
+    // A database that is down at start does not stop the gateway: it serves degraded
+    // (503 for what needs the database, cached keys work) and connects when it can.
+    let state = State::start(&state_config)
         .await
         .context("connecting state")?;
-
-    if let Some(secret) = bootstrap_admin_key(&state, &config).await? {
+    ensure_admin_key(&state, &config, |secret| {
         println!("generated admin API key (shown once, store it now): {secret}");
-    }
+    })
+    .await?;
 
     let listen = env("AGENTMESH_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into());
     let listener = tokio::net::TcpListener::bind(&listen)

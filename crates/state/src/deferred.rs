@@ -211,6 +211,10 @@ impl Database for DeferredDatabase {
         self.db()?.record_usage(usage).await
     }
 
+    async fn record_usage_batch(&self, batch: &[UsageRecord]) -> Result<()> {
+        self.db()?.record_usage_batch(batch).await
+    }
+
     async fn usage_summary(&self, key_id: Option<&str>) -> Result<Vec<UsageSummary>> {
         self.db()?.usage_summary(key_id).await
     }

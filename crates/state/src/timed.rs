@@ -219,6 +219,12 @@ impl Database for TimedDatabase {
         self.bound(self.limits.normal, "record_usage", work).await
     }
 
+    async fn record_usage_batch(&self, batch: &[UsageRecord]) -> Result<()> {
+        let work = self.inner.record_usage_batch(batch);
+        self.bound(self.limits.normal, "record_usage_batch", work)
+            .await
+    }
+
     async fn usage_summary(&self, key_id: Option<&str>) -> Result<Vec<UsageSummary>> {
         let work = self.inner.usage_summary(key_id);
         self.bound(self.limits.long, "usage_summary", work).await

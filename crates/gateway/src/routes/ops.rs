@@ -31,9 +31,22 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     );
     let mut checks = Map::new();
     let mut failed = Vec::new();
-    record(&mut checks, &mut failed, "database", database);
+    let database_name = format!("database ({})", app.state.db.backend());
+    record(
+        &mut checks,
+        &mut failed,
+        "database",
+        &database_name,
+        database,
+    );
     for (agent, result) in AgentName::ALL.iter().zip(agents) {
-        record(&mut checks, &mut failed, agent.as_str(), result);
+        record(
+            &mut checks,
+            &mut failed,
+            agent.as_str(),
+            agent.as_str(),
+            result,
+        );
     }
     let hot_status = match hot {
         Ok(()) => "ok".to_string(),
@@ -60,16 +73,19 @@ async fn ping(
     }
 }
 
+/// Records one check under `name`; a failure is listed as `label` in the message
+/// (the database's label names its backend, so an operator sees `postgres`).
 fn record(
     checks: &mut Map<String, Value>,
-    failed: &mut Vec<&'static str>,
-    name: &'static str,
+    failed: &mut Vec<String>,
+    name: &str,
+    label: &str,
     result: Result<(), String>,
 ) {
     match result {
         Ok(()) => checks.insert(name.into(), json!("ok")),
         Err(reason) => {
-            failed.push(name);
+            failed.push(label.to_string());
             checks.insert(name.into(), json!(reason))
         }
     };
