@@ -67,7 +67,8 @@ pub enum DocsCommand {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DataCommand {
-    /// Load CSV files as tables, each named after its file (`orders.csv` -> `orders`).
+    /// Load CSV files as tables, each named after its file (`orders.csv` -> `orders`); a
+    /// `.sql` file named here is read as a PostgreSQL dump whose tables keep their names.
     Load {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -274,14 +275,34 @@ pub async fn data(command: DataCommand, args: ClientArgs) -> anyhow::Result<()> 
 async fn load(client: &Client, paths: &[PathBuf], as_json: bool) -> anyhow::Result<()> {
     let files = collect_files(paths, &["csv"])?;
     let results = upload_each(&files, "loading", |path| load_file(client, path)).await;
+    // A dump answers with the list of tables it stored: one result per table.
+    let results = results
+        .into_iter()
+        .flat_map(|result| match result {
+            Ok(Value::Object(mut list)) if list.get("object") == Some(&json!("list")) => {
+                let tables = match list.remove("data") {
+                    Some(Value::Array(tables)) => tables,
+                    _ => Vec::new(),
+                };
+                tables.into_iter().map(Ok).collect()
+            }
+            other => vec![other],
+        })
+        .collect();
     summarize("datasets", results, as_json)
 }
 
 async fn load_file(client: &Client, path: &Path) -> anyhow::Result<Value> {
-    let csv = tokio::fs::read_to_string(path)
+    let text = tokio::fs::read_to_string(path)
         .await
         .context("not UTF-8 text")?;
-    let body = json!({"name": file_stem(path), "csv": csv});
+    let is_dump = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("sql"));
+    let body = match is_dump {
+        true => json!({"dump": text}),
+        false => json!({"name": file_stem(path), "csv": text}),
+    };
     client.post("/v1/datasets", &body).await
 }
 

@@ -235,7 +235,7 @@ fn is_real(v: &str) -> bool {
 }
 
 /// Exactly `YYYY-MM-DD`, and a day that exists.
-fn is_date(v: &str) -> bool {
+pub(crate) fn is_date(v: &str) -> bool {
     let b = v.as_bytes();
     let shape = b.len() == 10
         && b[4] == b'-'

@@ -12,6 +12,9 @@ pub enum DataError {
     /// The CSV file cannot be read as a table.
     #[error("{0}")]
     BadCsv(String),
+    /// The PostgreSQL dump holds something other than table definitions and data.
+    #[error("{0}")]
+    BadDump(String),
     /// The SQL was refused before running; `code` is the OpenAI error code.
     #[error("{message}")]
     Sql { code: &'static str, message: String },
@@ -29,6 +32,7 @@ impl DataError {
         match self {
             Self::BadName(m) => invalid_argument(m.clone(), Some("name")),
             Self::BadCsv(m) => invalid_argument(m.clone(), Some("csv")),
+            Self::BadDump(m) => invalid_argument(m.clone(), Some("dump")),
             Self::Sql { code, message } => {
                 invalid_argument_code(message.clone(), Some(code), Some("sql"))
             }

@@ -4,6 +4,7 @@
 
 mod ask;
 pub mod csv_load;
+pub mod dump_load;
 pub mod error;
 pub mod render;
 mod service;

@@ -1,6 +1,7 @@
 //! The data agent's gRPC services: `Data` (register, list, query) and `Agent`.
 
 use crate::csv_load::parse_csv;
+use crate::dump_load::parse_dump;
 use crate::error::DataError;
 use crate::sql_check::check_sql;
 use agentmesh_agent_runtime::{
@@ -86,6 +87,39 @@ impl Data for DataAgent {
                 .map_err(|e| status_from_state(&e))?;
             tracing::info!(dataset = %info.name, rows = info.row_count, "dataset registered");
             Ok(Response::new(dataset(info)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn load_dump(
+        &self,
+        request: Request<LoadDumpRequest>,
+    ) -> Result<Response<ListDatasetsResponse>, Status> {
+        let span = span(&request, "LoadDump");
+        async move {
+            let req = request.into_inner();
+            if req.sql.len() > MAX_CSV_BYTES {
+                let msg = format!(
+                    "the dump is {} bytes, the limit is {MAX_CSV_BYTES}",
+                    req.sql.len()
+                );
+                return Err(invalid_argument(msg, Some("dump")));
+            }
+            // Every statement and value is checked here, before the first table is stored.
+            let tables = parse_dump(&req.sql).map_err(|e| e.to_status())?;
+            let db = &self.ctx.state.db;
+            let mut datasets = Vec::with_capacity(tables.len());
+            // TODO(gaps.md#data-types-and-dump): one transaction for all tables.
+            for table in &tables {
+                let info = db
+                    .create_dataset(table)
+                    .await
+                    .map_err(|e| status_from_state(&e))?;
+                datasets.push(dataset(info));
+            }
+            tracing::info!(tables = datasets.len(), "dump loaded");
+            Ok(Response::new(ListDatasetsResponse { datasets }))
         }
         .instrument(span)
         .await

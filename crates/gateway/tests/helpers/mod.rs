@@ -302,6 +302,13 @@ impl Data for FakeData {
         }))
     }
 
+    async fn load_dump(
+        &self,
+        _request: Request<LoadDumpRequest>,
+    ) -> Result<Response<ListDatasetsResponse>, Status> {
+        Err(Status::unimplemented("the fake data agent loads no dumps"))
+    }
+
     async fn list_datasets(
         &self,
         _request: Request<ListDatasetsRequest>,
