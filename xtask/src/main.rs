@@ -7,6 +7,7 @@
 
 mod plan;
 mod services;
+mod throwaway;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -26,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Start Postgres and Redis if needed, set up the Python client, run every test.
+    /// Throwaway Postgres and Redis when none answers, the Python client, every test.
     Test {
         /// Extra arguments for the test runner (a filter, for example).
         args: Vec<String>,
@@ -66,8 +67,21 @@ fn workspace_root() -> PathBuf {
 }
 
 fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
-    services::ensure_postgres()?;
-    services::ensure_redis()?;
+    let tmp = root.join("target/tmp");
+    let mut shell = ShellRunner;
+    let mut servers = throwaway::ensure(
+        &mut shell,
+        &mut throwaway::RealMachine,
+        &tmp,
+        std::process::id(),
+    )?;
+    let tested = run_tests(root, args, &servers.env);
+    servers.stop(&mut shell);
+    tested
+}
+
+/// Builds the binaries and runs every test, pointed at the servers in `env`.
+fn run_tests(root: &Path, args: &[String], env: &[(String, String)]) -> anyhow::Result<()> {
     let python = services::ensure_python_client(root)?;
     let model = services::ensure_model(root)?;
     println!("xtask: building every binary (the end-to-end tests start them)");
@@ -82,7 +96,8 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     command
         .args(args)
         .env("AGENTMESH_TEST_PYTHON", python)
-        .env("AGENTMESH_LOCAL_MODEL", model);
+        .env("AGENTMESH_LOCAL_MODEL", model)
+        .envs(env.iter().map(|(name, value)| (name, value)));
     run(&mut command)
 }
 
