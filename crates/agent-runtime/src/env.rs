@@ -18,7 +18,8 @@ pub fn listen_addr_from_env(default: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// Connects to `AGENTMESH_DATABASE_URL` (default: SQLite in `AGENTMESH_DATA_DIR`) and
-/// `AGENTMESH_REDIS_URL` (default: in-process).
+/// `AGENTMESH_REDIS_URL` (default: in-process); see [`State::start`] for a database
+/// that is down at start.
 pub async fn connect_state_from_env() -> anyhow::Result<State> {
     let data_dir = std::env::var("AGENTMESH_DATA_DIR").unwrap_or_else(|_| "./.agentmesh".into());
     let data_dir = PathBuf::from(data_dir);
@@ -31,7 +32,9 @@ pub async fn connect_state_from_env() -> anyhow::Result<State> {
     config.redis_url = std::env::var("AGENTMESH_REDIS_URL")
         .ok()
         .filter(|u| !u.is_empty());
-    State::connect(&config)
+    // A database down at start does not stop the agent: calls that need it fail with
+    // Unavailable until it is connected in the background.
+    State::start(&config)
         .await
         .context("cannot connect to state storage")
 }
