@@ -12,6 +12,9 @@ use agentmesh_proto::v1::*;
 use helpers::*;
 use tonic::transport::Channel;
 
+#[path = "search/vectors.rs"]
+mod vectors;
+
 const CORPUS: &str = "../../../shared/data/k8s-docs";
 const OOM_QUESTION: &str =
     "container status says OOMKilled, exit code 137. what does that mean and what should I change?";

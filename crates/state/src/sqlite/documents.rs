@@ -195,7 +195,8 @@ impl SqliteDatabase {
             return Ok(Vec::new());
         }
         let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT chunk_id, vector FROM chunk_vectors WHERE model = ?1 ORDER BY chunk_id LIMIT ?2",
+            "SELECT chunk_id, vector FROM chunk_vectors WHERE model = ?1 \
+             ORDER BY chunk_id LIMIT ?2",
         )
         .bind(model)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
