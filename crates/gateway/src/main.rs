@@ -1,5 +1,9 @@
 //! `agentmesh-gateway`: serves the HTTP API until SIGTERM or ctrl-c.
 
+/// A faster allocator for a server that allocates per request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use agentmesh_gateway::{ensure_admin_key, serve, GatewayConfig};
 use agentmesh_state::{State, StateConfig};
 use anyhow::Context;
@@ -36,7 +40,8 @@ fn env(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// `AGENTMESH_DATABASE_URL` and `AGENTMESH_REDIS_URL`, else SQLite in the data dir.
+/// `AGENTMESH_DATABASE_URL` and `AGENTMESH_REDIS_URL` (keys under
+/// `AGENTMESH_REDIS_PREFIX`, default `agentmesh:`), else SQLite in the data dir.
 fn state_config() -> anyhow::Result<StateConfig> {
     let data_dir = PathBuf::from(env("AGENTMESH_DATA_DIR").unwrap_or_else(|| ".agentmesh".into()));
     let mut config = match env("AGENTMESH_DATABASE_URL") {
@@ -51,6 +56,9 @@ fn state_config() -> anyhow::Result<StateConfig> {
         }
     };
     config.redis_url = env("AGENTMESH_REDIS_URL");
+    if let Some(prefix) = env("AGENTMESH_REDIS_PREFIX") {
+        config.redis_prefix = prefix;
+    }
     Ok(config)
 }
 

@@ -142,3 +142,74 @@ async fn starts_degraded_while_postgres_is_down_and_recovers() {
     cleanup_redis(&prefix).await;
     db.cleanup().await;
 }
+
+/// The `agentmesh-gateway` binary itself: started with Postgres down it listens and is
+/// not ready (instead of exiting), and once Postgres is up it migrates, stores the
+/// configured admin key and serves, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_binary_starts_while_postgres_is_down() {
+    let db = fresh_postgres().await;
+    let mut proxy = Proxy::closed(&testing::postgres_target());
+    let prefix = testing::fresh_redis_prefix();
+    let agents = start_agents(FakeAgent::default(), FakeData::default()).await;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentmesh-gateway"))
+        .env("AGENTMESH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AGENTMESH_DATA_DIR", dir.path())
+        .env("AGENTMESH_DATABASE_URL", proxy.url_through(db.url()))
+        .env("AGENTMESH_REDIS_URL", testing::redis_url())
+        .env("AGENTMESH_REDIS_PREFIX", &prefix)
+        .env("AGENTMESH_ADMIN_KEY", ADMIN_KEY)
+        .env("AGENTMESH_CHAT_URL", &agents)
+        .env("AGENTMESH_SEARCH_URL", &agents)
+        .env("AGENTMESH_DATA_URL", &agents)
+        .env("AGENTMESH_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        if let Ok(response) = client.get(format!("{base}/ready")).send().await {
+            break response;
+        }
+        let exited = gateway.try_wait().unwrap();
+        assert!(exited.is_none(), "the gateway exited: {exited:?}");
+        assert!(Instant::now() < deadline, "the gateway never listened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("database (postgres)"), "{message}");
+    let admin = get(&client, &format!("{base}/admin/keys"), ADMIN_KEY).await;
+    assert!(admin.headers().contains_key("retry-after"));
+    assert_eq!(error_of(admin, 503).await["code"], "storage_unavailable");
+
+    proxy.restart();
+    loop {
+        let ready = client.get(format!("{base}/ready")).send().await.unwrap();
+        let admin = get(&client, &format!("{base}/admin/keys"), ADMIN_KEY).await;
+        if ready.status() == 200 && admin.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "not recovered: ready {}, admin {}",
+            ready.status(),
+            admin.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    gateway.kill().await.unwrap();
+    cleanup_redis(&prefix).await;
+    db.cleanup().await;
+}
