@@ -1,4 +1,4 @@
-//! Documents and full-text search over their chunks (tsvector + GIN, IDF-weighted ts_rank).
+//! Documents and full-text search over their chunks (tsvector + GIN, BM25 scoring in SQL).
 
 use super::{PgDatabase, BACKEND};
 use crate::sqlerr::map;
@@ -11,22 +11,35 @@ use sqlx::Row;
 /// `$1`: plain alphanumeric words (from `fts::terms`); `$2`: how many results.
 /// Terms are normalised by the same `english` configuration as the index, then
 /// each is matched alone as a quoted lexeme, so no user text reaches a parser.
+///
+/// Okapi BM25 over chunks, as SQLite FTS5 scores them: k1 = 1.2, b = 0.75, a heading
+/// occurrence (weight A) counting twice a body one; a chunk's length is its number of
+/// distinct lexemes (`length(tsv)`), against the corpus average.
 const SEARCH_SQL: &str = "\
 WITH terms AS (
     SELECT DISTINCT lex FROM unnest(tsvector_to_array(to_tsvector('english', $1))) AS lex
 ), total AS (
-    SELECT greatest(count(*), 1)::float8 AS n FROM chunks
+    SELECT greatest(count(*), 1)::float8 AS n,
+           greatest(avg(length(tsv)), 1)::float8 AS avglen
+    FROM chunks
 ), weighted AS (
-    SELECT q.q, ln(1 + (total.n - d.df + 0.5) / (d.df + 0.5)) AS idf
+    SELECT terms.lex, q.q, total.avglen,
+           ln(1 + (total.n - d.df + 0.5) / (d.df + 0.5)) AS idf
     FROM terms
     CROSS JOIN total
     CROSS JOIN LATERAL (SELECT to_tsquery('simple', quote_literal(terms.lex)) AS q) q
     CROSS JOIN LATERAL (SELECT count(*)::float8 AS df FROM chunks WHERE tsv @@ q.q) d
 )
 SELECT c.document_id, d.title, d.source, c.heading, c.text,
-       sum(w.idf * ts_rank(c.tsv, w.q, 1))::float8 AS score
+       sum(w.idf * t.tf * 2.2
+           / (t.tf + 1.2 * (0.25 + 0.75 * length(c.tsv) / w.avglen)))::float8 AS score
 FROM chunks c
 JOIN weighted w ON c.tsv @@ w.q
+CROSS JOIN LATERAL (
+    SELECT sum(CASE wt WHEN 'A' THEN 2.0 ELSE 1.0 END)::float8 AS tf
+    FROM unnest(c.tsv) u, unnest(u.weights) wt
+    WHERE u.lexeme = w.lex
+) t
 JOIN documents d ON d.id = c.document_id
 GROUP BY c.id, c.document_id, d.title, d.source, c.heading, c.text
 ORDER BY score DESC, c.id
@@ -142,10 +155,9 @@ impl PgDatabase {
             .map_err(map(BACKEND))
     }
 
-    /// Chunks matching any of the query's words, ranked BM25-style: each term's
-    /// `ts_rank` (heading weighted above body, length-normalised) is scaled by the
-    /// term's inverse document frequency, so a rare word such as `oomkilled`
-    /// outweighs one that is on every page such as `container`.
+    /// Chunks matching any of the query's words, ranked by BM25 (see `SEARCH_SQL`): a
+    /// rare word such as `oomkilled` outweighs one on every page such as `container`,
+    /// repeats of a word saturate, and long chunks do not win by length alone.
     pub(super) async fn search(&self, query: &str, top_k: usize) -> Result<Vec<ScoredChunk>> {
         let terms = fts::terms(query);
         if terms.is_empty() || top_k == 0 {
