@@ -17,6 +17,11 @@ pub fn describe() {
         "1 while a store is degraded (hot: Redis unreachable, served from memory; \
          database: not answering), by store and backend."
     );
+    metrics::describe_counter!(
+        crate::CALL_TIMEOUTS,
+        "Database calls abandoned after their client-side timeout (the server did not \
+         answer), by backend."
+    );
 }
 
 /// Samples both stores every few seconds until `state` is dropped everywhere else.
