@@ -1,5 +1,9 @@
 //! The `agentmesh` command: flags, then the library.
 
+/// A faster allocator for a server that allocates per request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

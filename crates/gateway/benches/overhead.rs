@@ -10,7 +10,12 @@
 //! Rate limits run against Redis when `AGENTMESH_BENCH_REDIS_URL` (default
 //! `redis://127.0.0.1:6379`) answers, else in process; keys and the usage ledger live in
 //! SQLite, or in a fresh Postgres database with `AGENTMESH_BENCH_DB=postgres` (server from
-//! `AGENTMESH_TEST_DATABASE_URL`). The printout says which.
+//! `AGENTMESH_TEST_DATABASE_URL`). The printout says which. The key has per-minute
+//! request and token limits and a budget, so every limit runs on every request.
+//!
+//! A third pass offers a fixed load (`AGENTMESH_BENCH_RATE`, default 1000 requests/s)
+//! spread over 64 and 512 clients, open loop: the added latency below saturation, where a
+//! closed loop on two cores mostly measures queueing behind the other clients.
 
 #![allow(
     clippy::unwrap_used,
@@ -37,6 +42,10 @@ use tokio::runtime::Runtime;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+
+/// The allocator of the gateway binary, so that the numbers are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ADMIN_KEY: &str = "am-bench-admin-secret-0123456789";
 const CONCURRENCY: [usize; 3] = [1, 64, 512];
@@ -205,7 +214,7 @@ async fn setup(dir: &std::path::Path) -> (Target, String, Option<TestDb>) {
         .post(format!("{base}/admin/keys"))
         .bearer_auth(ADMIN_KEY)
         .json(&json!({"name": "bench", "rpm_limit": 1_000_000_000u64,
-                      "tpm_limit": 4_000_000_000u64}))
+                      "tpm_limit": 4_000_000_000u64, "budget_usd": 1_000_000.0}))
         .send()
         .await
         .unwrap()
@@ -282,6 +291,44 @@ async fn sample(
     (all, started.elapsed())
 }
 
+/// Latencies of `seconds` of calls offered at a fixed total `rate` (requests per second)
+/// spread over `concurrency` workers, each on its own schedule. A latency is counted from
+/// when the call was due, not when it started, so a stalled gateway is not hidden by
+/// workers that simply sent less (coordinated omission).
+async fn paced(
+    target: &Target,
+    through_gateway: bool,
+    concurrency: usize,
+    rate: f64,
+    seconds: Duration,
+) -> (Vec<Duration>, Duration) {
+    let interval = Duration::from_secs_f64(concurrency as f64 / rate);
+    let started = Instant::now();
+    let until = started + seconds;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let target = target.clone();
+            let offset = interval.mul_f64(i as f64 / concurrency as f64);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut due = started + offset;
+                while due < until {
+                    tokio::time::sleep_until(due.into()).await;
+                    target.call(through_gateway).await;
+                    latencies.push(due.elapsed());
+                    due += interval;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await.unwrap());
+    }
+    (all, started.elapsed())
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
@@ -344,6 +391,33 @@ fn report(runtime: &Runtime, target: &Target, limits: &str) {
         );
     }
     println!("(milliseconds; overhead = gateway minus direct at the same percentile)");
+
+    let rate: f64 = std::env::var("AGENTMESH_BENCH_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000.0);
+    println!();
+    println!("at an offered load of {rate} requests/s (open loop), {seconds:?} per case");
+    println!(
+        "{:>7} | {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>12} {:>12}",
+        "clients", "direct50", "direct99", "gw50", "gw99", "gw/s", "overhead50", "overhead99"
+    );
+    for concurrency in CONCURRENCY.into_iter().filter(|c| *c > 1) {
+        let (direct, _) = runtime.block_on(paced(target, false, concurrency, rate, seconds));
+        let (gateway, wall) = runtime.block_on(paced(target, true, concurrency, rate, seconds));
+        let (d, g) = (row(direct, seconds), row(gateway, wall));
+        println!(
+            "{:>7} | {:>9} {:>9} | {:>9} {:>9} {:>9.0} | {:>12} {:>12}",
+            concurrency,
+            ms(d.p50),
+            ms(d.p99),
+            ms(g.p50),
+            ms(g.p99),
+            g.rps,
+            ms(g.p50.saturating_sub(d.p50)),
+            ms(g.p99.saturating_sub(d.p99)),
+        );
+    }
 }
 
 fn main() {

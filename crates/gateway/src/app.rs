@@ -123,6 +123,8 @@ impl AppState {
                 Some(average) => 0.8 * average + 0.2 * cost,
                 None => cost,
             };
+            // Free requests converge to exactly zero, so that they skip corrections.
+            let next = if next < 1e-9 { 0.0 } else { next };
             costs.insert(key_id.to_string(), next);
         }
     }

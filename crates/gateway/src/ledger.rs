@@ -75,18 +75,13 @@ impl LedgerWriter {
     /// Waits until everything queued before this call is written (or `limit` passes).
     pub async fn flush(&self, limit: Duration) -> bool {
         let (done, written) = oneshot::channel();
-        let flushed = async {
-            self.queue.send(Item::Flush(done)).await.is_ok() && written.await.is_ok()
-        };
+        let flushed =
+            async { self.queue.send(Item::Flush(done)).await.is_ok() && written.await.is_ok() };
         tokio::time::timeout(limit, flushed).await.unwrap_or(false)
     }
 }
 
-async fn run(
-    mut items: mpsc::Receiver<Item>,
-    db: Arc<dyn Database>,
-    hot: Arc<dyn Hot>,
-) {
+async fn run(mut items: mpsc::Receiver<Item>, db: Arc<dyn Database>, hot: Arc<dyn Hot>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut waiting = Vec::new();
     while let Some(first) = items.recv().await {
@@ -125,7 +120,7 @@ async fn correct_counters(hot: &dyn Hot, batch: &[Settled]) {
                 tracing::debug!(%key_id, %error, "token correction failed");
             }
         }
-        if let Some(usd) = settled.spend_correction.filter(|usd| *usd != 0.0) {
+        if let Some(usd) = settled.spend_correction.filter(|usd| usd.abs() > 1e-12) {
             if let Err(error) = hot.add_spend(key_id, usd).await {
                 tracing::warn!(%key_id, %error, "spend correction failed");
             }

@@ -239,9 +239,7 @@ impl Settlement {
             i64::try_from(used).unwrap_or(i64::MAX)
                 - i64::try_from(self.estimated_tokens).unwrap_or(i64::MAX)
         });
-        let spend_correction = self
-            .budgeted
-            .then(|| record.cost_usd - self.reserved_usd);
+        let spend_correction = self.budgeted.then_some(record.cost_usd - self.reserved_usd);
         if self.budgeted && status == 200 {
             self.app.observe_cost(&record.key_id, record.cost_usd);
         }

@@ -596,7 +596,10 @@ async fn concurrent_requests_cannot_spend_past_the_budget() {
     .await;
     assert_eq!(error["code"], "budget_exceeded");
     assert!(
-        error["message"].as_str().unwrap().contains("$0.0050 of its $0.0050"),
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("$0.0050 of its $0.0050"),
         "{error}"
     );
 }

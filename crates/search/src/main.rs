@@ -1,5 +1,9 @@
 //! `agentmesh-search`: the search agent as its own process.
 
+/// A faster allocator for a server that allocates per request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use agentmesh_agent_runtime::{
     connect_state_from_env, listen_addr_from_env, llm_from_env, shutdown_signal, AgentContext,
     Peers,

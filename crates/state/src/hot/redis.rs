@@ -35,6 +35,10 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// How often a degraded backend tries Redis again.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a key read from Redis is served from this process's memory without asking
+/// Redis again. Only while the invalidation channel is subscribed, so that a revoke or
+/// rotate on another replica still reaches the copy (within the channel's delivery time).
+const LOCAL_KEY_TTL: Duration = Duration::from_secs(5);
 
 /// Largest token count passed to Lua (numbers there are doubles).
 const MAX_LUA_INT: u64 = 1 << 52;
@@ -145,6 +149,8 @@ pub struct RedisHot {
     pending: Mutex<HashSet<String>>,
     /// Drops in-process key copies when another replica invalidates a key.
     listener: Option<tokio::task::AbortHandle>,
+    /// True while the listener is subscribed: only then may keys be served locally.
+    listening: Arc<AtomicBool>,
     rate_script: redis::Script,
     tokens_script: redis::Script,
     cache_key_script: redis::Script,
@@ -177,9 +183,16 @@ impl RedisHot {
             .map_err(|e| StateError::Invalid(format!("redis client: {e}")))?;
         let fallback = Arc::new(MemoryHot::new());
         let channel = format!("{prefix}key-invalidations");
+        let listening = Arc::new(AtomicBool::new(false));
         let listener = match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                let task = listen(client, channel, fallback.clone(), timeout);
+                let task = listen(
+                    client,
+                    channel,
+                    fallback.clone(),
+                    listening.clone(),
+                    timeout,
+                );
                 Some(runtime.spawn(task).abort_handle())
             }
             Err(_) => {
@@ -196,6 +209,7 @@ impl RedisHot {
             next_probe: Mutex::new(Instant::now()),
             pending: Mutex::new(HashSet::new()),
             listener,
+            listening,
             rate_script: redis::Script::new(RATE_SCRIPT),
             tokens_script: redis::Script::new(TOKENS_SCRIPT),
             cache_key_script: redis::Script::new(CACHE_KEY_SCRIPT),
@@ -463,13 +477,24 @@ impl Hot for RedisHot {
                     .await
             })
             .await;
-        if done.is_none() {
-            self.fallback.put_key(secret_hash, key, ttl);
+        match done {
+            None => self.fallback.put_key(secret_hash, key, ttl),
+            Some(_) if self.listening.load(Ordering::Relaxed) => {
+                self.fallback
+                    .put_key(secret_hash, key, ttl.min(LOCAL_KEY_TTL));
+            }
+            Some(_) => {}
         }
         Ok(())
     }
 
     async fn cached_key(&self, secret_hash: &str) -> Result<Option<ApiKey>> {
+        let local = self.listening.load(Ordering::Relaxed) && !self.degraded();
+        if local {
+            if let Some(key) = self.fallback.get_key(secret_hash) {
+                return Ok(Some(key));
+            }
+        }
         let redis_key = self.key("key", secret_hash);
         let found = self
             .call("cached_key", |mut conn| async move {
@@ -481,7 +506,13 @@ impl Hot for RedisHot {
             .await;
         match found {
             // An entry that does not parse (older format) is a miss.
-            Some(json) => Ok(json.and_then(|j| serde_json::from_str(&j).ok())),
+            Some(json) => {
+                let key: Option<ApiKey> = json.and_then(|j| serde_json::from_str(&j).ok());
+                if let Some(key) = key.as_ref().filter(|_| local) {
+                    self.fallback.put_key(secret_hash, key, LOCAL_KEY_TTL);
+                }
+                Ok(key)
+            }
             None => Ok(self.fallback.get_key(secret_hash)),
         }
     }
@@ -647,6 +678,7 @@ async fn listen(
     client: redis::Client,
     channel: String,
     fallback: Arc<MemoryHot>,
+    listening: Arc<AtomicBool>,
     timeout: Duration,
 ) {
     let mut connected = true;
@@ -660,6 +692,7 @@ async fn listen(
             Ok(Ok(pubsub)) => {
                 fallback.clear_keys();
                 connected = true;
+                listening.store(true, Ordering::Relaxed);
                 tracing::debug!(%channel, "listening for key invalidations");
                 let mut messages = pubsub.into_on_message();
                 while let Some(msg) = messages.next().await {
@@ -667,6 +700,9 @@ async fn listen(
                         fallback.drop_key_id(&key_id);
                     }
                 }
+                // Invalidations may be missed from here on: no more local copies.
+                listening.store(false, Ordering::Relaxed);
+                fallback.clear_keys();
             }
             Ok(Err(error)) if connected => {
                 tracing::debug!(%error, "key invalidation subscription failed");
@@ -723,7 +759,8 @@ mod tests {
         let a = RedisHot::connect(&url, &prefix, timeout).unwrap();
         let b = RedisHot::connect(&url, &prefix, timeout).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while subscribers(&a.channel()).await < 2 {
+        let listening = |hot: &RedisHot| hot.listening.load(Ordering::Relaxed);
+        while subscribers(&a.channel()).await < 2 || !listening(&a) || !listening(&b) {
             assert!(Instant::now() < deadline, "replicas never subscribed");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
