@@ -184,7 +184,19 @@ async fn paraphrase_found_only_through_vectors_postgres() {
     paraphrase_found_only_through_vectors(Backend::Postgres).await;
 }
 
+/// The process's count of searches answered without vectors because embedding failed.
+fn embed_fallbacks() -> f64 {
+    let text = agentmesh_telemetry::metrics::render();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("agentmesh_search_embedding_fallbacks_total{reason=\"embed\"}"));
+    line.and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn failing_provider_leaves_full_text(backend: Backend) {
+    agentmesh_telemetry::metrics::install();
+    let fallbacks = embed_fallbacks();
     let (env, _dir) = Env::new(backend).await;
     let mock = mock()
         .with_rule(Rule::status(500).when_last_user("error out"))
@@ -222,6 +234,8 @@ async fn failing_provider_leaves_full_text(backend: Backend) {
             "{question} took {elapsed:?}"
         );
     }
+    let counted = embed_fallbacks() - fallbacks;
+    assert!(counted >= 2.0, "both searches counted: {counted}");
     let asked = agent.mock.requests().len();
     assert!(
         asked >= 3,
