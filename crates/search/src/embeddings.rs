@@ -73,6 +73,17 @@ impl SearchConfig {
     }
 }
 
+/// Fails when no LLM provider serves `model`, so a misspelt model stops the agent at
+/// start instead of refusing every ingest later (asks no provider anything).
+pub async fn check_model(llm: &LlmClient, model: &str) -> anyhow::Result<()> {
+    let probe = EmbedRequest {
+        model: model.to_string(),
+        ..EmbedRequest::default()
+    };
+    let checked = llm.embed(probe).await.map(drop);
+    checked.with_context(|| format!("{MODEL_ENV}={model:?}"))
+}
+
 /// Calls the embeddings model and remembers whether the vector side is failing, so an
 /// outage is logged at warn once, not once per search.
 pub(crate) struct Embedder {

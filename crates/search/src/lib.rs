@@ -43,6 +43,7 @@ pub async fn serve_with(
 ) -> anyhow::Result<()> {
     metrics::describe();
     if let Some(model) = &config.embeddings_model {
+        embeddings::check_model(&ctx.llm, model).await?;
         tracing::info!(%model, "search blends vector similarity into full-text ranking");
     }
     let agent = SearchAgent::with_config(ctx, config);

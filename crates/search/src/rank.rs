@@ -2,11 +2,12 @@
 //! passages of its document that match, so a page that covers the question in
 //! several sections outranks one lucky paragraph elsewhere.
 //!
-//! The backends score chunks alone (SQLite FTS5 bm25, Postgres IDF-weighted
-//! ts_rank). Here each document's evidence is `s1 + 0.3 s2` over its best
-//! chunk scores, and every chunk of the document is lifted by the same
-//! bonus, so a document's best chunk scores exactly its document score. A
-//! title that names the query's words adds a share of the best hit's score.
+//! The backends score chunks alone (BM25 on both; with embeddings, the
+//! search agent's fused RRF score instead). Here each document's evidence is
+//! `s1 + 0.3 s2` over its best chunk scores, and every chunk of the document
+//! is lifted by the same bonus, so a document's best chunk scores exactly its
+//! document score. A title that names the query's words adds a share of the
+//! best hit's score.
 //! The weights were chosen on the k8s dev questions only (docs/search.md);
 //! heavier sibling weights favour long pages that repeat common words.
 

@@ -331,3 +331,31 @@ async fn reingest_replaces_vectors_sqlite() {
 async fn reingest_replaces_vectors_postgres() {
     reingest_replaces_vectors(Backend::Postgres).await;
 }
+
+#[tokio::test]
+async fn an_embeddings_model_no_provider_serves_stops_the_agent_at_start() {
+    let (state, _dir) = agentmesh_agent_testing::sqlite_state().await;
+    let llm = agentmesh_llm::LlmClient::new(agentmesh_llm::LlmConfig::single(
+        "mock",
+        "http://127.0.0.1:9",
+        MODEL,
+    ))
+    .unwrap();
+    let ctx = agentmesh_agent_runtime::AgentContext {
+        state,
+        llm,
+        peers: Default::default(),
+    };
+    let config = SearchConfig {
+        embeddings_model: Some("no-such-embedder".into()),
+        ..SearchConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let served = agentmesh_search::serve_with(ctx, &config, listener, async {}).await;
+    let message = format!("{:#}", served.unwrap_err());
+    assert!(
+        message.contains("AGENTMESH_EMBEDDINGS_MODEL=\"no-such-embedder\"")
+            && message.contains("no configured LLM provider serves"),
+        "{message}"
+    );
+}
