@@ -3,9 +3,11 @@
 //! Bytes are buffered and split on `\n`; only whole lines are decoded as UTF-8, so a
 //! character cut across two network reads is never garbled.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::usage::price_for;
@@ -23,17 +25,26 @@ pub(crate) struct SseLines {
 }
 
 impl SseLines {
-    /// Feeds bytes; returns the payloads of every event completed by them.
+    /// Feeds bytes; returns the payloads of every event completed by them. The consumed
+    /// lines leave the buffer in one move at the end (not one per line).
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, StreamFault> {
         self.buf.extend_from_slice(bytes);
         let mut payloads = Vec::new();
-        while let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.buf.drain(..=end).collect();
-            let line = std::str::from_utf8(&line[..end])
-                .map_err(|_| StreamFault("stream line is not valid UTF-8".into()))?;
+        let mut start = 0;
+        let buf = std::mem::take(&mut self.buf);
+        let mut result = Ok(());
+        while let Some(len) = buf[start..].iter().position(|b| *b == b'\n') {
+            let line = &buf[start..start + len];
+            start += len + 1;
+            let Ok(line) = std::str::from_utf8(line) else {
+                result = Err(StreamFault("stream line is not valid UTF-8".into()));
+                break;
+            };
             self.line(line.strip_suffix('\r').unwrap_or(line), &mut payloads);
         }
-        Ok(payloads)
+        self.buf = buf;
+        self.buf.drain(..start);
+        result.map(|()| payloads)
     }
 
     /// The end of the body: a last event without its blank line still counts.
@@ -112,6 +123,11 @@ impl ChunkDecoder {
         if data.trim() == "[DONE]" {
             return Ok(vec![self.done_event()]);
         }
+        // The usual chunk is read without building a JSON tree; anything unusual (odd
+        // types, an error object) goes the general way.
+        if let Ok(chunk) = serde_json::from_str::<FastChunk<'_>>(data) {
+            return Ok(self.fast_chunk(chunk));
+        }
         let chunk: Value = serde_json::from_str(data)
             .map_err(|e| StreamFault(format!("chunk is not JSON ({e})")))?;
         if let Some(error) = chunk.get("error") {
@@ -121,7 +137,7 @@ impl ChunkDecoder {
             )));
         }
         if let Some(model) = chunk.get("model").and_then(Value::as_str) {
-            self.model = model.to_string();
+            self.set_model(model);
         }
         let mut events = Vec::new();
         let choices = chunk.get("choices").and_then(Value::as_array);
@@ -132,6 +148,36 @@ impl ChunkDecoder {
             events.push(LlmEvent::Usage(parse_usage(usage, &self.price())));
         }
         Ok(events)
+    }
+
+    fn set_model(&mut self, model: &str) {
+        if self.model != model {
+            model.clone_into(&mut self.model);
+        }
+    }
+
+    fn fast_chunk(&mut self, chunk: FastChunk<'_>) -> Vec<LlmEvent> {
+        if let Some(model) = chunk.model.as_deref() {
+            self.set_model(model);
+        }
+        let mut events = Vec::new();
+        for choice in chunk.choices.into_iter().flatten() {
+            if let Some(reason) = choice.finish_reason {
+                self.finish_reason = Some(reason.into_owned());
+            }
+            let Some(delta) = choice.delta else {
+                continue;
+            };
+            if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                events.push(LlmEvent::Delta(text.into_owned()));
+            }
+            let calls = delta.tool_calls.iter().flatten().enumerate();
+            events.extend(calls.map(tool_call_delta));
+        }
+        if let Some(usage) = chunk.usage {
+            events.push(LlmEvent::Usage(parse_usage(&usage, &self.price())));
+        }
+        events
     }
 
     /// The end of the body: `Done` if the answer was finished, else a fault.
@@ -170,6 +216,42 @@ impl ChunkDecoder {
         let calls = delta.get("tool_calls").and_then(Value::as_array);
         events.extend(calls.into_iter().flatten().enumerate().map(tool_call_delta));
     }
+}
+
+/// A chunk in the usual shape, strings borrowed from the payload where possible. A chunk
+/// with an `error` member is refused here, so the general path reports it.
+#[derive(Deserialize)]
+struct FastChunk<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<FastChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(default, deserialize_with = "no_error")]
+    #[allow(dead_code)] // only its absence matters
+    error: (),
+}
+
+#[derive(Deserialize)]
+struct FastChoice<'a> {
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    delta: Option<FastDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FastDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<Vec<Value>>,
+}
+
+/// Fails on any `error` member (even null), sending the chunk down the general path.
+fn no_error<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+    Err(serde::de::Error::custom("an error chunk"))
 }
 
 fn tool_call_delta((position, call): (usize, &Value)) -> LlmEvent {
@@ -270,6 +352,35 @@ mod tests {
                 model: "m1".into()
             })
         );
+    }
+
+    #[test]
+    fn many_events_per_read_and_unusual_chunks_decode_alike() {
+        // Escapes, a numeric model and a non-object delta take the general path; a whole
+        // body in one read and the same body a byte at a time give the same events.
+        let odd = "data: {\"model\": 5, \"choices\": [{\"delta\": {\"content\": \"b\"}}]}\n\n";
+        let skipped = "data: {\"choices\": [{\"delta\": \"x\"}]}\n\n";
+        let body = [
+            content("caf\u{e9} \\ \"q\""),
+            odd.into(),
+            skipped.into(),
+            content("c"),
+        ]
+        .concat()
+            + FINISH
+            + "data: [DONE]\n\n";
+        let whole = decode(&[body.as_bytes()]).unwrap();
+        let bytes: Vec<&[u8]> = body.as_bytes().chunks(1).collect();
+        assert_eq!(decode(&bytes).unwrap(), whole);
+        let texts: Vec<&str> = whole
+            .iter()
+            .filter_map(|e| match e {
+                LlmEvent::Delta(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts, ["caf\u{e9} \\ \"q\"", "b", "c"]);
+        assert!(matches!(whole.last(), Some(LlmEvent::Done { model, .. }) if model == "m1"));
     }
 
     #[test]
