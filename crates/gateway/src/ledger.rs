@@ -7,6 +7,7 @@
 //! is retried with backoff until it lands, and shutdown flushes what is queued.
 
 use agentmesh_state::{Database, Hot, StateError, UsageRecord};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -111,21 +112,32 @@ fn take(item: Item, batch: &mut Vec<Settled>, waiting: &mut Vec<oneshot::Sender<
 }
 
 /// Gives back (or charges) the difference between what admission took and what the
-/// requests used, concurrently: each is one short Redis call with its own timeout.
+/// requests used: summed per key over the batch, so that a burst of one key's requests
+/// costs one call per counter, and the keys' calls run concurrently (each is one short
+/// Redis call with its own timeout).
 async fn correct_counters(hot: &dyn Hot, batch: &[Settled]) {
-    let calls = batch.iter().map(|settled| async move {
-        let key_id = &settled.record.key_id;
-        if let Some(tokens) = settled.token_correction.filter(|t| *t != 0) {
-            if let Err(error) = hot.add_tokens(key_id, tokens).await {
-                tracing::debug!(%key_id, %error, "token correction failed");
+    let mut per_key: HashMap<&str, (i64, f64)> = HashMap::new();
+    for settled in batch {
+        let entry = per_key.entry(settled.record.key_id.as_str()).or_default();
+        entry.0 = entry
+            .0
+            .saturating_add(settled.token_correction.unwrap_or(0));
+        entry.1 += settled.spend_correction.unwrap_or(0.0);
+    }
+    let calls = per_key
+        .into_iter()
+        .map(|(key_id, (tokens, usd))| async move {
+            if tokens != 0 {
+                if let Err(error) = hot.add_tokens(key_id, tokens).await {
+                    tracing::debug!(%key_id, %error, "token correction failed");
+                }
             }
-        }
-        if let Some(usd) = settled.spend_correction.filter(|usd| usd.abs() > 1e-12) {
-            if let Err(error) = hot.add_spend(key_id, usd).await {
-                tracing::warn!(%key_id, %error, "spend correction failed");
+            if usd.abs() > 1e-12 {
+                if let Err(error) = hot.add_spend(key_id, usd).await {
+                    tracing::warn!(%key_id, %error, "spend correction failed");
+                }
             }
-        }
-    });
+        });
     futures::future::join_all(calls).await;
 }
 

@@ -3,7 +3,7 @@
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ledger::Settled;
-use agentmesh_state::{ApiKey, RateDecision, RateLimits, UsageRecord};
+use agentmesh_state::{ApiKey, RateDecision, RateLimits, SpendReservation, UsageRecord};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use std::time::Instant;
 
@@ -15,49 +15,71 @@ pub struct Admission {
     pub reserved_usd: f64,
 }
 
-/// Reserves the key's expected cost from its budget, then checks its per-minute limits
-/// (consuming one request and `estimated_tokens`); a request refused by the limits gives
-/// its reservation back. A hot-store failure lets the request through: limits are
-/// loss-tolerant, availability is not.
+/// Admits one request in a single atomic step shared by every replica: reserves the
+/// key's expected cost from its budget and consumes one request and `estimated_tokens`
+/// from its per-minute limits; a refusal by either consumes nothing. A hot-store failure
+/// lets the request through: limits are loss-tolerant, availability is not.
 pub async fn admit(
     app: &AppState,
     key: &ApiKey,
     estimated_tokens: u64,
 ) -> Result<Admission, ApiError> {
-    let reserved_usd = reserve_budget(app, key).await?;
     let limits = RateLimits {
         rpm: key.rpm_limit,
         tpm: key.tpm_limit,
     };
-    if limits.rpm.is_none() && limits.tpm.is_none() {
-        return Ok(Admission {
-            headers: Vec::new(),
-            reserved_usd,
-        });
+    let spend = key.budget_usd.map(|budget| SpendReservation {
+        usd: app.expected_cost(&key.id),
+        budget,
+        seed: key.spent_usd,
+    });
+    if spend.is_none() && limits.rpm.is_none() && limits.tpm.is_none() {
+        return Ok(Admission::default());
     }
-    let decision = match app
+    let admitted = match app
         .state
         .hot
-        .check_rate(&key.id, &limits, estimated_tokens)
+        .admit(&key.id, &limits, estimated_tokens, spend)
         .await
     {
-        Ok(decision) => decision,
+        Ok(admitted) => admitted,
         Err(error) => {
-            tracing::warn!(key_id = %key.id, %error, "rate check failed, allowing");
-            return Ok(Admission {
-                headers: Vec::new(),
-                reserved_usd,
-            });
+            tracing::warn!(key_id = %key.id, %error, "admission check failed, allowing");
+            return match (spend, key.budget_usd) {
+                (Some(_), Some(budget)) if key.spent_usd >= budget => {
+                    Err(budget_refusal(app, key, key.spent_usd, budget, 0.0))
+                }
+                _ => Ok(Admission::default()),
+            };
         }
     };
-    let headers = rate_headers(&limits, &decision);
+
+    let mut reserved_usd = 0.0;
+    if let (Some(spend), Some(decision)) = (spend, admitted.budget) {
+        let before = if decision.allowed {
+            decision.spent_usd - spend.usd
+        } else {
+            decision.spent_usd
+        };
+        app.metrics
+            .budget_used(&key.id, before / spend.budget.max(f64::EPSILON));
+        if !decision.allowed {
+            return Err(budget_refusal(app, key, before, spend.budget, spend.usd));
+        }
+        reserved_usd = spend.usd;
+    }
+    let decision = admitted.rate;
+    let headers = if limits.rpm.is_none() && limits.tpm.is_none() {
+        Vec::new()
+    } else {
+        rate_headers(&limits, &decision)
+    };
     if decision.allowed {
         return Ok(Admission {
             headers,
             reserved_usd,
         });
     }
-    release(app, key, reserved_usd).await;
     let which = decision.limited_by.unwrap_or("requests");
     app.metrics.rate_limited(if which == "tokens" {
         "tokens"
@@ -83,33 +105,15 @@ pub async fn admit(
     Err(error)
 }
 
-/// Takes the key's expected cost from its budget in one atomic step shared by every
-/// replica, so that concurrent requests cannot together spend past it. Returns what was
-/// reserved (0 for a key without a budget, or when the hot store failed and the check
-/// fell back to the spend recorded in the database).
-async fn reserve_budget(app: &AppState, key: &ApiKey) -> Result<f64, ApiError> {
-    let Some(budget) = key.budget_usd else {
-        return Ok(0.0);
-    };
-    let expected = app.expected_cost(&key.id);
-    let (allowed, spent, reserved) = match app
-        .state
-        .hot
-        .reserve_spend(&key.id, expected, budget, key.spent_usd)
-        .await
-    {
-        Ok(decision) if decision.allowed => (true, decision.spent_usd - expected, expected),
-        Ok(decision) => (false, decision.spent_usd, 0.0),
-        Err(error) => {
-            tracing::warn!(key_id = %key.id, %error, "budget reservation failed");
-            (key.spent_usd < budget, key.spent_usd, 0.0)
-        }
-    };
-    app.metrics
-        .budget_used(&key.id, spent / budget.max(f64::EPSILON));
-    if allowed {
-        return Ok(reserved);
-    }
+/// 429 `budget_exceeded`, saying how much is spent and, when some budget is left, that
+/// a request is expected to cost more than that.
+fn budget_refusal(
+    app: &AppState,
+    key: &ApiKey,
+    spent: f64,
+    budget: f64,
+    expected: f64,
+) -> ApiError {
     app.metrics.rate_limited("budget");
     let message = if spent < budget {
         format!(
@@ -123,17 +127,15 @@ async fn reserve_budget(app: &AppState, key: &ApiKey) -> Result<f64, ApiError> {
             key.prefix
         )
     };
-    Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).with_code("budget_exceeded"))
-}
-
-/// Gives back a reservation of a request that did not run.
-async fn release(app: &AppState, key: &ApiKey, reserved_usd: f64) {
-    if reserved_usd == 0.0 {
-        return;
-    }
-    if let Err(error) = app.state.hot.add_spend(&key.id, -reserved_usd).await {
-        tracing::warn!(key_id = %key.id, %error, "budget reservation not released");
-    }
+    // No Retry-After: a spent budget does not come back by waiting. `x-should-retry`
+    // tells the OpenAI SDKs not to retry this 429 on their own.
+    let mut error =
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).with_code("budget_exceeded");
+    error.headers.push((
+        HeaderName::from_static("x-should-retry"),
+        HeaderValue::from_static("false"),
+    ));
+    error
 }
 
 /// `x-ratelimit-*` headers in the OpenAI format (`reset` as a duration like `12s`).

@@ -595,6 +595,11 @@ async fn concurrent_requests_cannot_spend_past_the_budget() {
     )
     .await;
     assert_eq!(error["code"], "budget_exceeded");
+    let refused = gw
+        .post("/v1/chat/completions", &key, chat_body("chat", "hi"))
+        .await;
+    assert_eq!(refused.headers()["x-should-retry"], "false");
+    assert!(refused.headers().get("retry-after").is_none());
     assert!(
         error["message"]
             .as_str()

@@ -201,6 +201,38 @@ pub trait Hot: Send + Sync + 'static {
     /// Seeds the spend counter from the database when it is missing.
     async fn seed_spend(&self, key_id: &str, usd: f64) -> Result<()>;
 
+    /// Admits one request: reserves `spend` from the key's budget (when given), then
+    /// checks and consumes one request and `tokens` against its per-minute limits. When
+    /// either refuses, nothing is consumed. Redis does both in one atomic script (one
+    /// round trip); this default runs the two steps and gives the reservation back when
+    /// the limits refuse.
+    async fn admit(
+        &self,
+        key_id: &str,
+        limits: &RateLimits,
+        tokens: u64,
+        spend: Option<SpendReservation>,
+    ) -> Result<Admitted> {
+        let budget = match spend {
+            Some(s) => {
+                let decision = self.reserve_spend(key_id, s.usd, s.budget, s.seed).await?;
+                if !decision.allowed {
+                    return Ok(Admitted {
+                        budget: Some(decision),
+                        rate: hot::unlimited(),
+                    });
+                }
+                Some(decision)
+            }
+            None => None,
+        };
+        let rate = self.check_rate(key_id, limits, tokens).await?;
+        if let (false, Some(s)) = (rate.allowed, spend) {
+            self.add_spend(key_id, -s.usd).await?;
+        }
+        Ok(Admitted { budget, rate })
+    }
+
     /// Atomically adds `usd` to the key's spend unless the total would pass
     /// `budget` (one check-and-consume, so concurrent requests on any replica
     /// cannot overspend together). A missing counter starts at `seed` (the

@@ -241,3 +241,22 @@ pub struct BudgetDecision {
     /// The spend counter after the call.
     pub spent_usd: f64,
 }
+
+/// Spend to reserve from a key's budget when a request is admitted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpendReservation {
+    pub usd: f64,
+    pub budget: f64,
+    /// The spend recorded in the database, where the counter starts when missing.
+    pub seed: f64,
+}
+
+/// The outcome of [`crate::Hot::admit`]. The request may run only when both allow it;
+/// when either refuses, neither consumed anything.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Admitted {
+    /// None for a request without a reservation.
+    pub budget: Option<BudgetDecision>,
+    /// When the budget refused, the limits were not checked (and this says allowed).
+    pub rate: RateDecision,
+}

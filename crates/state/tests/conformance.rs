@@ -5,9 +5,9 @@
 
 use agentmesh_state::testing::{self, TestDb};
 use agentmesh_state::{
-    hash_secret, CachedConversation, ColumnInfo, ColumnType, Hot, IdempotencyClaim, MemoryHot,
-    NewApiKey, NewChunk, NewDocument, NewMessage, RateLimits, RedisHot, State, StateConfig,
-    StateError, StoredResponse, TableData, UsageRecord,
+    hash_secret, Admitted, CachedConversation, ColumnInfo, ColumnType, Hot, IdempotencyClaim,
+    MemoryHot, NewApiKey, NewChunk, NewDocument, NewMessage, RateLimits, RedisHot,
+    SpendReservation, State, StateConfig, StateError, StoredResponse, TableData, UsageRecord,
 };
 use chrono::{NaiveDate, Utc};
 use serde_json::json;
@@ -138,6 +138,7 @@ conformance_replicas!(
     replicas_share_rate_limits,
     replicas_share_token_limits,
     replicas_share_spend,
+    replicas_admit_exactly,
     replicas_claim_idempotency_once,
     replicas_see_key_invalidation,
     replicas_see_conversation_appends,
@@ -157,6 +158,7 @@ conformance!(
     northwind_money_and_dates,
     usage_ledger,
     usage_ledger_batch,
+    admission_consumes_all_or_nothing,
     idempotency,
     rate_limit_requests,
     rate_limit_tokens,
@@ -903,6 +905,74 @@ async fn usage_ledger_batch(state: &State) {
     assert!((spent - 1.75).abs() < 1e-9, "{spent}");
 }
 
+/// A refusal by either side of an admission consumes nothing on the other.
+async fn admission_consumes_all_or_nothing(state: &State) {
+    let hot = &state.hot;
+    let limits = RateLimits {
+        rpm: Some(2),
+        tpm: None,
+    };
+    let spend = |budget| {
+        Some(SpendReservation {
+            usd: 1.0,
+            budget,
+            seed: 0.5,
+        })
+    };
+    let allowed = |a: &Admitted| a.rate.allowed && a.budget.is_none_or(|b| b.allowed);
+
+    // The budget (seeded at 0.5 from the database) refuses the third: no request counted.
+    assert!(allowed(
+        &hot.admit("k", &limits, 10, spend(2.6)).await.unwrap()
+    ));
+    assert!(allowed(
+        &hot.admit("k", &limits, 10, spend(2.6)).await.unwrap()
+    ));
+    let refused = hot.admit("k", &limits, 10, spend(2.6)).await.unwrap();
+    assert_eq!(refused.budget.map(|b| b.allowed), Some(false));
+    assert!(
+        (refused.budget.unwrap().spent_usd - 2.5).abs() < 1e-9,
+        "{refused:?}"
+    );
+    let rate = hot
+        .check_rate(
+            "k",
+            &RateLimits {
+                rpm: Some(3),
+                tpm: None,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    assert!(rate.allowed, "the budget refusal used a request: {rate:?}");
+
+    // The limit refuses the second: its reservation is not kept.
+    let one = RateLimits {
+        rpm: Some(1),
+        tpm: None,
+    };
+    assert!(allowed(
+        &hot.admit("k2", &one, 10, spend(100.0)).await.unwrap()
+    ));
+    let refused = hot.admit("k2", &one, 10, spend(100.0)).await.unwrap();
+    assert!(!refused.rate.allowed);
+    assert_eq!(refused.rate.limited_by, Some("requests"));
+    assert_eq!(refused.rate.remaining_requests, Some(0));
+    let spent = hot.spend("k2").await.unwrap().unwrap();
+    assert!(
+        (spent - 1.5).abs() < 1e-9,
+        "the refused request kept its reservation: {spent}"
+    );
+
+    // No budget, no limits: admitted, nothing reserved.
+    let free = hot
+        .admit("k3", &RateLimits::default(), 10, None)
+        .await
+        .unwrap();
+    assert!(free.rate.allowed && free.budget.is_none());
+}
+
 async fn idempotency(state: &State) {
     let db = &state.db;
     assert_eq!(
@@ -1225,6 +1295,55 @@ async fn replicas_share_token_limits(a: &State, b: &State) {
     })
     .await;
     assert_eq!(allowed.iter().filter(|ok| **ok).count(), 10);
+}
+
+/// Budget and limits in one step, 30 concurrent admissions over two replicas: with 10
+/// requests a minute and a budget room for 15, the limit admits exactly 10 and the 20
+/// refused keep nothing reserved; with a budget room for 6 and no limit, exactly 6.
+async fn replicas_admit_exactly(a: &State, b: &State) {
+    let limits = RateLimits {
+        rpm: Some(10),
+        tpm: None,
+    };
+    let spend = Some(SpendReservation {
+        usd: 0.5,
+        budget: 7.5,
+        seed: 0.0,
+    });
+    let admitted = on_both(a, b, 30, |s, _| async move {
+        s.hot.admit("k", &limits, 1, spend).await.unwrap()
+    })
+    .await;
+    assert_eq!(
+        admitted
+            .iter()
+            .filter(|d| d.rate.allowed && d.budget.unwrap().allowed)
+            .count(),
+        10
+    );
+    let spent = a.hot.spend("k").await.unwrap().unwrap();
+    assert!(
+        (spent - 5.0).abs() < 1e-9,
+        "refused requests kept their reservation: {spent}"
+    );
+
+    let spend = Some(SpendReservation {
+        usd: 0.5,
+        budget: 3.0,
+        seed: 0.0,
+    });
+    let unlimited = RateLimits::default();
+    let admitted = on_both(a, b, 30, |s, _| async move {
+        s.hot.admit("k2", &unlimited, 1, spend).await.unwrap()
+    })
+    .await;
+    let allowed = admitted
+        .iter()
+        .filter(|d| d.budget.unwrap().allowed)
+        .count();
+    assert_eq!(allowed, 6);
+    let spent = b.hot.spend("k2").await.unwrap().unwrap();
+    assert!((spent - 3.0).abs() < 1e-9, "{spent}");
 }
 
 async fn replicas_share_spend(a: &State, b: &State) {

@@ -6,7 +6,8 @@ use super::{
 };
 use crate::BUDGET_EPSILON;
 use crate::{
-    ApiKey, BudgetDecision, CachedConversation, Conversation, Hot, RateDecision, RateLimits, Result,
+    Admitted, ApiKey, BudgetDecision, CachedConversation, Conversation, Hot, RateDecision,
+    RateLimits, Result, SpendReservation,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -117,6 +118,32 @@ impl MemoryHot {
         let total = inner.spend.entry(key_id.to_owned()).or_insert(0.0);
         *total += usd;
         *total
+    }
+
+    /// [`crate::Hot::admit`] in this process: reserve, check, give back on refusal.
+    pub(crate) fn admit_locally(
+        &self,
+        key_id: &str,
+        limits: &RateLimits,
+        cost: u64,
+        spend: Option<SpendReservation>,
+    ) -> Admitted {
+        let budget = spend.map(|s| self.reserve(key_id, s.usd, s.budget, s.seed));
+        if budget.is_some_and(|b| !b.allowed) {
+            return Admitted {
+                budget,
+                rate: unlimited(),
+            };
+        }
+        let rate = if limits.rpm.is_none() && limits.tpm.is_none() {
+            unlimited()
+        } else {
+            self.check(key_id, limits, cost)
+        };
+        if let (false, Some(s)) = (rate.allowed, spend) {
+            self.add(key_id, -s.usd);
+        }
+        Admitted { budget, rate }
     }
 
     pub(crate) fn reserve(&self, key_id: &str, usd: f64, budget: f64, seed: f64) -> BudgetDecision {
@@ -256,6 +283,16 @@ impl Hot for MemoryHot {
         tokens: u64,
     ) -> Result<RateDecision> {
         Ok(self.check(key_id, limits, tokens))
+    }
+
+    async fn admit(
+        &self,
+        key_id: &str,
+        limits: &RateLimits,
+        tokens: u64,
+        spend: Option<SpendReservation>,
+    ) -> Result<Admitted> {
+        Ok(self.admit_locally(key_id, limits, tokens, spend))
     }
 
     async fn add_tokens(&self, key_id: &str, tokens: i64) -> Result<()> {

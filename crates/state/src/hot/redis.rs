@@ -18,8 +18,8 @@ use super::memory::MemoryHot;
 use super::{decision, unlimited, WindowState, CONVERSATION_VERSION_TTL, KEY_HOLD, WINDOW};
 use crate::BUDGET_EPSILON;
 use crate::{
-    ApiKey, BudgetDecision, CachedConversation, Conversation, Hot, RateDecision, RateLimits,
-    Result, StateError,
+    Admitted, ApiKey, BudgetDecision, CachedConversation, Conversation, Hot, RateDecision,
+    RateLimits, Result, SpendReservation, StateError,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -118,6 +118,51 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return v
 ";
 
+/// One request's admission: the budget reservation, then both rate limits; consumes all
+/// or nothing. KEYS: window hash, spend counter. ARGV: rpm, tpm (-1 = none), cost,
+/// window ms, has budget (0/1), usd, budget, seed, epsilon.
+/// Returns {allowed, requests, tokens, ttl_ms, refused_by (0 none, 1 requests,
+/// 2 tokens, 3 budget), spent as a string}.
+const ADMIT_SCRIPT: &str = r"
+local spent = nil
+local usd = tonumber(ARGV[6])
+if ARGV[5] == '1' then
+  spent = tonumber(redis.call('GET', KEYS[2]) or ARGV[8])
+  redis.call('SET', KEYS[2], spent, 'NX')
+  if spent + usd > tonumber(ARGV[7]) + tonumber(ARGV[9]) then
+    return {0, 0, 0, 0, 3, tostring(spent)}
+  end
+end
+local rpm = tonumber(ARGV[1])
+local tpm = tonumber(ARGV[2])
+local req = 0
+local tok = 0
+local ttl = 0
+if rpm >= 0 or tpm >= 0 then
+  local key = KEYS[1]
+  local cost = tonumber(ARGV[3])
+  local window = tonumber(ARGV[4])
+  ttl = redis.call('PTTL', key)
+  if ttl == -1 then
+    redis.call('DEL', key)
+  end
+  local used = redis.call('HMGET', key, 'r', 't')
+  req = tonumber(used[1]) or 0
+  tok = tonumber(used[2]) or 0
+  if ttl < 0 then ttl = window end
+  local refused = '0'
+  if spent then refused = tostring(spent) end
+  if rpm >= 0 and req + 1 > rpm then return {0, req, tok, ttl, 1, refused} end
+  if tpm >= 0 and tok + cost > tpm then return {0, req, tok, ttl, 2, refused} end
+  req = redis.call('HINCRBY', key, 'r', 1)
+  tok = redis.call('HINCRBY', key, 't', cost)
+  if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, window) end
+end
+local total = '0'
+if spent then total = redis.call('INCRBYFLOAT', KEYS[2], usd) end
+return {1, req, tok, ttl, 0, total}
+";
+
 /// Adds spend unless it would pass the budget; a missing counter starts at
 /// the seed. KEYS: spend counter. ARGV: usd, budget, seed, epsilon.
 /// Returns {allowed, total as a string}.
@@ -158,6 +203,7 @@ pub struct RedisHot {
     cache_conversation_script: redis::Script,
     bump_conversation_script: redis::Script,
     reserve_script: redis::Script,
+    admit_script: redis::Script,
 }
 
 impl Drop for RedisHot {
@@ -217,6 +263,7 @@ impl RedisHot {
             cache_conversation_script: redis::Script::new(CACHE_CONVERSATION_SCRIPT),
             bump_conversation_script: redis::Script::new(BUMP_CONVERSATION_SCRIPT),
             reserve_script: redis::Script::new(RESERVE_SCRIPT),
+            admit_script: redis::Script::new(ADMIT_SCRIPT),
         })
     }
 
@@ -409,6 +456,65 @@ impl Hot for RedisHot {
             })
             .await;
         Ok(value.unwrap_or_else(|| self.fallback.get_spend(key_id)))
+    }
+
+    async fn admit(
+        &self,
+        key_id: &str,
+        limits: &RateLimits,
+        tokens: u64,
+        spend: Option<SpendReservation>,
+    ) -> Result<Admitted> {
+        let keys = [self.key("rl", key_id), self.key("spend", key_id)];
+        let cost = tokens.min(MAX_LUA_INT);
+        let window_ms = u64::try_from(WINDOW.as_millis()).unwrap_or(60_000);
+        let reservation = spend.unwrap_or(SpendReservation {
+            usd: 0.0,
+            budget: 0.0,
+            seed: 0.0,
+        });
+        let reply = self
+            .call("admit", |mut conn| async move {
+                self.admit_script
+                    .key(&keys[..])
+                    .arg(limits.rpm.map_or(-1, i64::from))
+                    .arg(limits.tpm.map_or(-1, i64::from))
+                    .arg(cost)
+                    .arg(window_ms)
+                    .arg(u8::from(spend.is_some()))
+                    .arg(reservation.usd)
+                    .arg(reservation.budget)
+                    .arg(reservation.seed)
+                    .arg(BUDGET_EPSILON)
+                    .invoke_async::<(i64, i64, i64, i64, i64, String)>(&mut conn)
+                    .await
+            })
+            .await;
+        let Some((allowed, requests, tokens_used, ttl, refused_by, spent)) = reply else {
+            return Ok(self.fallback.admit_locally(key_id, limits, cost, spend));
+        };
+        let spent_usd = spent.parse().unwrap_or(reservation.seed);
+        let budget = spend.map(|_| BudgetDecision {
+            allowed: refused_by != 3,
+            spent_usd,
+        });
+        let rate = if refused_by == 3 || (limits.rpm.is_none() && limits.tpm.is_none()) {
+            unlimited()
+        } else {
+            let state = WindowState {
+                allowed: allowed == 1,
+                requests: u64::try_from(requests).unwrap_or(0),
+                tokens: u64::try_from(tokens_used).unwrap_or(0),
+                reset_ms: u64::try_from(ttl).unwrap_or(0),
+                limited_by: match refused_by {
+                    1 => Some("requests"),
+                    2 => Some("tokens"),
+                    _ => None,
+                },
+            };
+            decision(limits, &state)
+        };
+        Ok(Admitted { budget, rate })
     }
 
     async fn reserve_spend(
