@@ -18,6 +18,11 @@ use crate::{LlmError, LlmEvent, Price, Usage};
 
 type Body = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
+/// Reads of the body after `[DONE]` that are tried without waiting.
+const MAX_TRAILING_READS: usize = 4;
+/// How long a dropped, finished stream may take to deliver the end of its body.
+const TRAILING_DRAIN: Duration = Duration::from_secs(2);
+
 /// Time limits of one streamed attempt.
 pub(crate) struct Limits {
     /// When the first-token limit runs out (counted from sending the request).
@@ -46,6 +51,8 @@ pub(crate) struct EventReader {
     chunks: ChunkDecoder,
     pending: VecDeque<LlmEvent>,
     ended: bool,
+    /// The body was read to its end (the connection can go back to the pool).
+    body_done: bool,
     /// Until the first event: when the first-token limit runs out.
     first_by: Option<Instant>,
     limits: Limits,
@@ -72,6 +79,7 @@ impl EventReader {
             chunks: ChunkDecoder::new(model, billing.prices),
             pending: VecDeque::new(),
             ended: false,
+            body_done: false,
             first_by: Some(limits.first_by),
             limits,
             sink: billing.sink,
@@ -121,7 +129,26 @@ impl EventReader {
                 self.decode(payloads)
             }
             Some(Err(e)) => Err(self.fault(StreamFault(error_chain(&e)))),
-            None => self.end_of_body(),
+            None => {
+                self.body_done = true;
+                self.end_of_body()
+            }
+        }
+    }
+
+    /// After `[DONE]`, reads what is already there of the body's end, without waiting,
+    /// so that the connection is reused rather than closed when the reader is dropped.
+    fn finish_body(&mut self) {
+        use futures::FutureExt;
+        for _ in 0..MAX_TRAILING_READS {
+            match self.body.next().now_or_never() {
+                Some(Some(Ok(_))) => {}
+                Some(None) => {
+                    self.body_done = true;
+                    return;
+                }
+                Some(Some(Err(_))) | None => return,
+            }
         }
     }
 
@@ -131,6 +158,9 @@ impl EventReader {
             events.into_iter().for_each(|e| self.accept(e));
         }
         self.ended = self.chunks.is_done();
+        if self.ended && !self.body_done {
+            self.finish_body();
+        }
         Ok(())
     }
 
@@ -216,5 +246,18 @@ impl EventReader {
 impl Drop for EventReader {
     fn drop(&mut self) {
         self.report(UsageOutcome::Dropped);
+        // A finished answer whose body end has not arrived yet: read it in the background
+        // (briefly) so the connection goes back to the pool. An unfinished one is dropped
+        // at once, which cancels it upstream.
+        if self.chunks.is_done() && !self.body_done {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let mut body =
+                    std::mem::replace(&mut self.body, Box::pin(futures::stream::empty()));
+                runtime.spawn(async move {
+                    let drain = async { while let Some(Ok(_)) = body.next().await {} };
+                    let _ = tokio::time::timeout(TRAILING_DRAIN, drain).await;
+                });
+            }
+        }
     }
 }
