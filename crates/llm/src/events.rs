@@ -18,8 +18,9 @@ use crate::{LlmError, LlmEvent, Price, Usage};
 
 type Body = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
-/// Reads of the body after `[DONE]` that are tried without waiting.
+/// Reads of the body after `[DONE]`, waiting at most `TRAILING_WAIT` for them all.
 const MAX_TRAILING_READS: usize = 4;
+const TRAILING_WAIT: Duration = Duration::from_millis(20);
 /// How long a dropped, finished stream may take to deliver the end of its body.
 const TRAILING_DRAIN: Duration = Duration::from_secs(2);
 
@@ -126,7 +127,11 @@ impl EventReader {
         match next {
             Some(Ok(bytes)) => {
                 let payloads = self.lines.push(&bytes).map_err(|f| self.fault(f))?;
-                self.decode(payloads)
+                self.decode(payloads)?;
+                if self.ended && !self.body_done {
+                    self.finish_body().await;
+                }
+                Ok(())
             }
             Some(Err(e)) => Err(self.fault(StreamFault(error_chain(&e)))),
             None => {
@@ -136,20 +141,22 @@ impl EventReader {
         }
     }
 
-    /// After `[DONE]`, reads what is already there of the body's end, without waiting,
-    /// so that the connection is reused rather than closed when the reader is dropped.
-    fn finish_body(&mut self) {
-        use futures::FutureExt;
-        for _ in 0..MAX_TRAILING_READS {
-            match self.body.next().now_or_never() {
-                Some(Some(Ok(_))) => {}
-                Some(None) => {
-                    self.body_done = true;
-                    return;
+    /// After `[DONE]`, reads the body's end (waiting at most `TRAILING_WAIT`) so that the
+    /// connection goes back to the pool rather than being closed when the reader is dropped.
+    async fn finish_body(&mut self) {
+        let drain = async {
+            for _ in 0..MAX_TRAILING_READS {
+                match self.body.next().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) => return,
+                    None => {
+                        self.body_done = true;
+                        return;
+                    }
                 }
-                Some(Some(Err(_))) | None => return,
             }
-        }
+        };
+        let _ = tokio::time::timeout(TRAILING_WAIT, drain).await;
     }
 
     fn decode(&mut self, payloads: Vec<String>) -> Result<(), LlmError> {
@@ -158,9 +165,6 @@ impl EventReader {
             events.into_iter().for_each(|e| self.accept(e));
         }
         self.ended = self.chunks.is_done();
-        if self.ended && !self.body_done {
-            self.finish_body();
-        }
         Ok(())
     }
 
