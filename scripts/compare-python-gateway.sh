@@ -31,7 +31,11 @@ VENV=target/litellm-venv
 if [ ! -x "$VENV/bin/litellm" ]; then
   echo "compare: installing the LiteLLM proxy into $VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q 'litellm[proxy]'
+  # The same pinned install as docs/llm.md (litellm[proxy] wants a package PyPI lacks).
+  "$VENV/bin/pip" install -q 'litellm==1.110.2' uvicorn fastapi backoff orjson \
+    apscheduler fastapi-sso pyjwt python-multipart cryptography pynacl websockets rq \
+    gunicorn semver expression 'rich<14' tomlkit restrictedpython backports-zstd mcp \
+    uvloop soundfile polars inquirerpy httpx2 pyroscope-io
 fi
 
 cargo build --release -q --bin agentmesh --bin agentmesh-mock-llm
@@ -87,6 +91,8 @@ model_list:
       model: openai/mock
       api_base: http://$MOCK/v1
       api_key: mock
+general_settings:
+  master_key: sk-compare-0123456789abcdef
 litellm_settings:
   telemetry: false
 EOF
@@ -123,7 +129,7 @@ run() { # name URL key pid
 # Each system is measured while the other one idles.
 echo "wrk: $CONNECTIONS connections, ${SECONDS_PER_RUN}s, POST /v1/chat/completions"
 run agentmesh http://127.0.0.1:19080/v1/chat/completions "$KEY" "$AM_PID"
-run litellm http://127.0.0.1:19400/v1/chat/completions mock "$LL_PID"
+run litellm http://127.0.0.1:19400/v1/chat/completions sk-compare-0123456789abcdef "$LL_PID"
 python3 - "$WORK" <<'EOF'
 import sys
 work = sys.argv[1]

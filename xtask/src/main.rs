@@ -43,6 +43,14 @@ enum Task {
         #[arg(value_parser = ["up", "down"], default_value = "up")]
         action: String,
     },
+    /// Criterion benchmarks (release): the gateway's overhead over a direct agent call, the
+    /// LLM client's overhead per call and per streamed chunk; `--compare` also measures
+    /// agentmesh against the LiteLLM proxy (scripts/compare-python-gateway.sh).
+    Bench {
+        /// Also run the comparison with the LiteLLM proxy (needs wrk and python3).
+        #[arg(long)]
+        compare: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Task::Up => plan::up(runner),
         Task::Down => plan::down(runner),
         Task::Compose { action } => plan::compose(runner, &action),
+        Task::Bench { compare } => bench(compare),
     }
 }
 
@@ -99,6 +108,18 @@ fn run_tests(root: &Path, args: &[String], env: &[(String, String)]) -> anyhow::
         .env("AGENTMESH_LOCAL_MODEL", model)
         .envs(env.iter().map(|(name, value)| (name, value)));
     run(&mut command)
+}
+
+/// Every benchmark sends traffic to 127.0.0.1 only and stops by itself.
+fn bench(compare: bool) -> anyhow::Result<()> {
+    for package in ["agentmesh-llm", "agentmesh-gateway"] {
+        println!("xtask: benchmarking {package}");
+        run(Command::new("cargo").args(["bench", "-p", package]))?;
+    }
+    if compare {
+        run(Command::new("bash").arg("scripts/compare-python-gateway.sh"))?;
+    }
+    Ok(())
 }
 
 fn lint() -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tonic_health::ServingStatus;
 
 /// Serves `routes` plus `grpc.health.v1.Health` (each of `served` set SERVING, then
@@ -69,13 +70,28 @@ pub async fn serve_grpc_draining(
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+        .serve_with_incoming_shutdown(no_delay(listener), stop);
     tokio::select! {
         served = server => served?,
         () = drain_over => tracing::warn!(agent = name, "drain period over, cutting calls"),
     }
     tracing::info!(agent = name, "grpc stopped");
     Ok(())
+}
+
+/// Accepted connections with TCP_NODELAY (tonic sets it only on listeners it binds): a
+/// stream's events are small writes, and Nagle would hold each one until the previous
+/// one is acknowledged, which the peer's delayed ACK stretches to ~40 ms.
+fn no_delay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        Ok(stream)
+    })
 }
 
 #[cfg(test)]

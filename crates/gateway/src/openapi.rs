@@ -109,7 +109,7 @@ const ROUTES: &[Route] = &[
         route(
             "post",
             "/v1/datasets",
-            "Upload a CSV dataset (multipart, or JSON)",
+            "Upload a CSV dataset, or a PostgreSQL dump of tables (.sql; multipart, or JSON)",
         ),
         "DatasetRequest",
     )),
@@ -405,8 +405,10 @@ fn schemas() -> Value {
             "metadata": {"type": "object"}}},
         "SearchRequest": {"type": "object", "required": ["query"], "properties": {
             "query": string, "top_k": {"type": "integer", "minimum": 1, "maximum": 50}}},
-        "DatasetRequest": {"type": "object", "required": ["name", "csv"], "properties": {
-            "name": string, "csv": string}},
+        "DatasetRequest": {"oneOf": [
+            {"type": "object", "required": ["name", "csv"], "properties": {
+                "name": string, "csv": string}},
+            {"type": "object", "required": ["dump"], "properties": {"dump": string}}]},
         "QueryRequest": {"type": "object", "required": ["sql"], "properties": {"sql": string}},
         "KeyRequest": {"type": "object", "required": ["name"], "properties": {
             "name": string,

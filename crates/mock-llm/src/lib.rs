@@ -23,6 +23,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use axum::serve::ListenerExt;
 pub use config::{MockConfig, MockToolCall, RetryAfter, Rule, ToolDeltas};
 pub use embed::{embed as embedding, DEFAULT_DIM as DEFAULT_EMBEDDING_DIM};
 use server::Shared;
@@ -51,7 +52,7 @@ impl MockLlm {
         let app = server::router(shared.clone());
         let task = tokio::spawn(async move {
             let mut stopping = stopping;
-            axum::serve(listener, app)
+            axum::serve(listener.tap_io(no_delay), app)
                 .with_graceful_shutdown(async move {
                     let _ = stopping.wait_for(|stop| *stop).await;
                 })
@@ -155,5 +156,13 @@ impl Drop for MockLlm {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+/// Small writes (one SSE event each) leave at once instead of waiting for the previous
+/// segment's ACK (Nagle), which with delayed ACKs can hold an event for tens of ms.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
     }
 }

@@ -176,7 +176,7 @@ async fn embeddings(
     let delay = rule
         .delay_ms
         .map_or(config.chunk_delay, Duration::from_millis);
-    tokio::time::sleep(delay).await;
+    pause(delay).await;
     let answer = request.answer(rule.embeddings_short_by.unwrap_or(0));
     finished(guard, Json(answer).into_response())
 }
@@ -236,7 +236,7 @@ async fn respond(guard: InFlight, mut prompt: Prompt, rule: Rule, request_no: u6
         .delay_ms
         .map_or(guard.0.config.chunk_delay, Duration::from_millis);
     if !prompt.stream {
-        tokio::time::sleep(delay).await;
+        pause(delay).await;
         return finished(
             guard,
             Json(whole(&prompt, &answer, request_no)).into_response(),
@@ -246,6 +246,14 @@ async fn respond(guard: InFlight, mut prompt: Prompt, rule: Rule, request_no: u6
     let body = Body::from_stream(sse_body(guard, frames, rule, delay));
     let content_type = HeaderValue::from_static("text/event-stream");
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Sleeps for `delay`; no sleep at all for zero, which would still wait for the timer
+/// wheel's next tick (about a millisecond per chunk).
+async fn pause(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
 }
 
 fn sse_body(
@@ -269,7 +277,7 @@ fn sse_body(
                 guard.finish();
                 return;
             }
-            tokio::time::sleep(delay).await;
+            pause(delay).await;
             if rule.split_utf8 {
                 if let Some((a, b)) = split_inside_char(frame.as_bytes()) {
                     yield Ok(Bytes::copy_from_slice(a));
