@@ -16,6 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 const QUEUE: usize = 16_384;
 /// Most records per transaction.
 const BATCH: usize = 512;
+/// After the first record of a batch, how long the writer waits for more: under load a
+/// commit then carries many rows instead of one; when idle a row lands this much later.
+const LINGER: Duration = Duration::from_millis(5);
 /// Waits between attempts at a batch the database refused for being unavailable.
 const BACKOFF: [Duration; 5] = [
     Duration::from_millis(50),
@@ -86,7 +89,11 @@ async fn run(mut items: mpsc::Receiver<Item>, db: Arc<dyn Database>, hot: Arc<dy
     let mut batch = Vec::with_capacity(BATCH);
     let mut waiting = Vec::new();
     while let Some(first) = items.recv().await {
+        let flushing = matches!(first, Item::Flush(_));
         take(first, &mut batch, &mut waiting);
+        if !flushing {
+            tokio::time::sleep(LINGER).await;
+        }
         while batch.len() < BATCH {
             match items.try_recv() {
                 Ok(item) => take(item, &mut batch, &mut waiting),
