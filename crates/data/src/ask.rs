@@ -31,6 +31,7 @@ impl DataAgent {
         &self,
         req: ChatRequest,
         question: String,
+        deadline: Option<std::time::Instant>,
         sink: EventSink,
     ) -> Result<(), Status> {
         if looks_like_sql(&question) {
@@ -46,7 +47,10 @@ impl DataAgent {
         }
         let schema = self.schema_text(&datasets).await;
         let mut usage = Usage::default();
-        let (sql, rows) = match self.write_and_run(&question, &schema, &mut usage).await? {
+        let (sql, rows) = match self
+            .write_and_run(&question, &schema, deadline, &mut usage)
+            .await?
+        {
             Ok(done) => done,
             Err(failed) => {
                 let text = format!(
@@ -61,7 +65,10 @@ impl DataAgent {
 
         let shown = format!("{}{}\n", sql_block(&sql), markdown_table(&rows, SHOWN_ROWS));
         sink.send(delta_event(shown.clone())).await?;
-        let summary = summary_request(&question, &shown);
+        let summary = CompletionRequest {
+            deadline,
+            ..summary_request(&question, &shown)
+        };
         let out = forward_llm_stream(&self.ctx.llm, summary, &sink, false).await?;
         add_usage(&mut usage, &out.usage);
         self.finish(&sink, String::new(), usage, &out.model, &req)
@@ -127,6 +134,7 @@ impl DataAgent {
         &self,
         question: &str,
         schema: &str,
+        deadline: Option<std::time::Instant>,
         usage: &mut Usage,
     ) -> Result<Result<(String, QueryResult), Failed>, Status> {
         let mut messages = vec![
@@ -138,6 +146,7 @@ impl DataAgent {
             let req = CompletionRequest {
                 messages: messages.clone(),
                 temperature: Some(0.0),
+                deadline,
                 ..CompletionRequest::default()
             };
             let reply = self

@@ -191,12 +191,13 @@ impl Agent for DataAgent {
 
     async fn chat(&self, request: Request<ChatRequest>) -> Result<Response<EventStream>, Status> {
         let span = span(&request, "Chat");
+        validate_messages(&request.get_ref().messages)?;
+        let question = last_user_message(&request.get_ref().messages)?.to_string();
+        let deadline = RequestMeta::from_metadata(request.metadata()).llm_deadline();
         let req = request.into_inner();
-        validate_messages(&req.messages)?;
-        let question = last_user_message(&req.messages)?.to_string();
         let agent = self.clone();
         let stream = spawn_events(span, move |sink| async move {
-            agent.answer(req, question, sink).await
+            agent.answer(req, question, deadline, sink).await
         });
         Ok(Response::new(stream))
     }

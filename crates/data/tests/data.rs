@@ -504,3 +504,32 @@ async fn hostile_sql_is_refused_or_harmless_on_postgres() {
     hostile::run_table(state, "postgres").await;
     db.cleanup().await;
 }
+
+/// A provider that never answers: the caller's deadline (sent as `grpc-timeout`) bounds
+/// the agent's LLM call, so the answer ends in a timeout error within about that long,
+/// not at the LLM client's own total limit (two minutes).
+#[tokio::test]
+async fn the_callers_deadline_bounds_the_llm_call() {
+    let config = MockConfig::new(MODEL).with_rule(Rule {
+        hang: true,
+        ..Rule::reply("never")
+    });
+    let (state, dir) = sqlite_state().await;
+    let agent = start_data(config, state, dir).await;
+    let (mut data, mut chat) = clients(&agent.url).await;
+    load_order_details(&mut data).await;
+
+    let started = std::time::Instant::now();
+    let mut request = tonic::Request::new(chat_request(vec![user("How many lines?")], ""));
+    request.set_timeout(std::time::Duration::from_secs(2));
+    let outcome = match chat.chat(request).await {
+        Ok(stream) => collect(stream.into_inner()).await.1,
+        Err(status) => Some(status),
+    };
+    let elapsed = started.elapsed();
+    let status = outcome.expect("a hanging provider cannot produce an answer");
+    assert!(
+        elapsed < std::time::Duration::from_secs(10),
+        "took {elapsed:?}: {status:?}"
+    );
+}

@@ -302,6 +302,7 @@ impl SearchAgent {
             top_p: req.top_p,
             max_tokens: req.max_tokens,
             stop: req.stop,
+            deadline,
             ..CompletionRequest::default()
         };
         let out = forward_llm_stream(&self.ctx.llm, llm_req, &sink, false).await?;
