@@ -67,16 +67,29 @@ pub fn used(answer: &str, count: usize) -> Vec<usize> {
     }
 }
 
-/// "\n\nSources:\n[1] title (id) — heading" for the passages numbered in `used`.
+/// "\n\nSources:\n[1] title (id) — heading" for the passages numbered in `used`. Passages
+/// from the same section of the same document share one line ("[1][3] title (id) — heading"),
+/// so a section cut into several chunks is not listed several times.
 pub fn sources_text(passages: &[ScoredChunk], used: &[usize]) -> String {
-    let mut text = String::from("\n\nSources:");
-    for n in used {
-        if let Some(p) = passages.get(n - 1) {
-            text.push_str(&format!(
-                "\n[{n}] {} ({}) — {}",
-                p.title, p.document_id, p.heading
-            ));
+    let mut lines: Vec<(String, &ScoredChunk)> = Vec::new();
+    for &n in used {
+        let Some(p) = n.checked_sub(1).and_then(|i| passages.get(i)) else {
+            continue;
+        };
+        let same = |(_, q): &&mut (String, &ScoredChunk)| {
+            q.document_id == p.document_id && q.heading == p.heading
+        };
+        match lines.iter_mut().find(same) {
+            Some((numbers, _)) => numbers.push_str(&format!("[{n}]")),
+            None => lines.push((format!("[{n}]"), p)),
         }
+    }
+    let mut text = String::from("\n\nSources:");
+    for (numbers, p) in lines {
+        text.push_str(&format!(
+            "\n{numbers} {} ({}) — {}",
+            p.title, p.document_id, p.heading
+        ));
     }
     text
 }
@@ -112,6 +125,11 @@ mod tests {
         let passages = [passage("a"), passage("b")];
         let text = sources_text(&passages, &[2]);
         assert_eq!(text, "\n\nSources:\n[2] Title b (b) — H");
+        let text = sources_text(&[passage("a"), passage("b"), passage("a")], &[1, 2, 3, 9]);
+        assert_eq!(
+            text,
+            "\n\nSources:\n[1][3] Title a (a) — H\n[2] Title b (b) — H"
+        );
     }
 
     #[test]

@@ -123,8 +123,13 @@ async fn oom_question_ranks_a_memory_page_first_and_the_answer_cites_it() {
         answer.starts_with("The container used more memory"),
         "{answer}"
     );
-    let sources = format!("\n\nSources:\n[1] {} ({}) — ", top.title, top.document_id);
-    assert!(answer.contains(&sources), "{answer}");
+    let sources = answer.split("\n\nSources:\n").nth(1).unwrap_or_default();
+    let first = sources.lines().next().unwrap_or_default();
+    let named = format!(" {} ({}) — ", top.title, top.document_id);
+    assert!(
+        first.starts_with("[1]") && first.contains(&named),
+        "{answer}"
+    );
 
     let citations = events.iter().find_map(|e| match e {
         chat_event::Event::Citations(c) => Some(c.citations.clone()),
