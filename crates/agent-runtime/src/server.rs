@@ -70,7 +70,7 @@ pub async fn serve_grpc_draining(
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(no_delay(listener), stop);
+        .serve_with_incoming_shutdown(accept_no_delay(listener), stop);
     tokio::select! {
         served = server => served?,
         () = drain_over => tracing::warn!(agent = name, "drain period over, cutting calls"),
@@ -79,17 +79,13 @@ pub async fn serve_grpc_draining(
     Ok(())
 }
 
-/// Accepted connections with TCP_NODELAY (tonic sets it only on listeners it binds): a
-/// stream's events are small writes, and Nagle would hold each one until the previous
-/// one is acknowledged, which the peer's delayed ACK stretches to ~40 ms.
-fn no_delay(
+/// Accepted connections with TCP_NODELAY: tonic sets it only on listeners it binds.
+fn accept_no_delay(
     listener: TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
+        let mut stream = accepted?;
+        agentmesh_telemetry::net::no_delay(&mut stream);
         Ok(stream)
     })
 }

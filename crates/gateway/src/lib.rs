@@ -116,7 +116,7 @@ pub async fn serve(
         tokio::time::sleep(delay).await;
         let _ = draining_tx.send(true);
     };
-    let server = axum::serve(listener.tap_io(no_delay), router)
+    let server = axum::serve(listener.tap_io(agentmesh_telemetry::net::no_delay), router)
         .with_graceful_shutdown(draining)
         .into_future();
     let drain_over = async move {
@@ -132,12 +132,4 @@ pub async fn serve(
     }
     tracing::info!("gateway stopped");
     Ok(())
-}
-
-/// Small writes (one SSE event each) leave at once instead of waiting for the previous
-/// segment's ACK (Nagle), which with delayed ACKs can hold an event for tens of ms.
-fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "cannot set TCP_NODELAY");
-    }
 }

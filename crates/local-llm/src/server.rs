@@ -64,9 +64,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener.tap_io(no_delay), router(model))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener.tap_io(agentmesh_telemetry::net::no_delay),
+        router(model),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn models(State(model): State<LocalModel>) -> Json<Value> {
@@ -196,12 +199,4 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Small writes (one SSE event each) leave at once instead of waiting for the previous
-/// segment's ACK (Nagle), which with delayed ACKs can hold an event for tens of ms.
-fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "cannot set TCP_NODELAY");
-    }
 }

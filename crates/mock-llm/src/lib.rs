@@ -52,7 +52,7 @@ impl MockLlm {
         let app = server::router(shared.clone());
         let task = tokio::spawn(async move {
             let mut stopping = stopping;
-            axum::serve(listener.tap_io(no_delay), app)
+            axum::serve(listener.tap_io(agentmesh_telemetry::net::no_delay), app)
                 .with_graceful_shutdown(async move {
                     let _ = stopping.wait_for(|stop| *stop).await;
                 })
@@ -156,13 +156,5 @@ impl Drop for MockLlm {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-    }
-}
-
-/// Small writes (one SSE event each) leave at once instead of waiting for the previous
-/// segment's ACK (Nagle), which with delayed ACKs can hold an event for tens of ms.
-fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "cannot set TCP_NODELAY");
     }
 }

@@ -13,6 +13,7 @@ mod otlp;
 
 pub mod grpc;
 pub mod metrics;
+pub mod net;
 pub mod propagation;
 #[cfg(feature = "testing")]
 pub mod testing;
